@@ -1,0 +1,87 @@
+"""The one exception tree of the service.
+
+    MonitorError                  base; `permanent` says whether retrying can help
+    +-- ConfigError               invalid settings; carries every problem found, not just the first
+    +-- FetchError                the HTTP exchange with a feed failed
+    |   +-- FetchConnectError     could not connect (refused, DNS, TLS)          transient
+    |   +-- FetchTimeout          connect/read timeout or overall deadline        transient
+    |   +-- HttpStatusError       not 2xx/304; 408, 429, 5xx transient, other 4xx permanent
+    |   +-- BodyTooLarge          body (after decompression) passed the size cap  permanent
+    +-- FeedError                 a 2xx body that is not a chart we can read
+    |   +-- FeedFormatError       not JSON, or JSON of the wrong shape            permanent
+    |   +-- EmptyChart            a chart of zero entries (treated as a failed fetch) transient
+    +-- StoreError                the database refused or failed
+        +-- DatabaseLocked        another writer process owns the SQLite file     permanent
+        +-- LeaseLost             the poll lease expired and was taken over        permanent
+
+`permanent` is read by the retry logic of each channel: only transient errors are retried.
+"""
+
+from __future__ import annotations
+
+
+class MonitorError(Exception):
+    permanent: bool = False
+
+
+class ConfigError(MonitorError):
+    permanent = True
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class FetchError(MonitorError):
+    def __init__(self, message: str, *, url: str, attempts: int = 1) -> None:
+        super().__init__(message)
+        self.url = url
+        self.attempts = attempts
+
+
+class FetchConnectError(FetchError):
+    pass
+
+
+class FetchTimeout(FetchError):
+    pass
+
+
+class HttpStatusError(FetchError):
+    def __init__(self, status: int, *, url: str, attempts: int = 1) -> None:
+        super().__init__(f"HTTP {status} from {url}", url=url, attempts=attempts)
+        self.status = status
+        self.permanent = is_permanent_status(status)
+
+
+class BodyTooLarge(FetchError):
+    permanent = True
+
+
+class FeedError(MonitorError):
+    permanent = True
+
+
+class FeedFormatError(FeedError):
+    pass
+
+
+class EmptyChart(FeedError):
+    permanent = False
+
+
+class StoreError(MonitorError):
+    pass
+
+
+class DatabaseLocked(StoreError):
+    permanent = True
+
+
+class LeaseLost(StoreError):
+    permanent = True
+
+
+def is_permanent_status(status: int) -> bool:
+    """Whether an HTTP status is final: everything but 408, 429 and 5xx."""
+    return not (status in (408, 429) or 500 <= status <= 599)

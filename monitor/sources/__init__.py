@@ -1,0 +1,1 @@
+"""Feed formats (pure parsers), the feed catalog and the one HTTP client."""
