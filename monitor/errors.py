@@ -7,6 +7,7 @@
     |   +-- FetchTimeout          connect/read timeout or overall deadline        transient
     |   +-- HttpStatusError       not 2xx/304; 408, 429, 5xx transient, other 4xx permanent
     |   +-- BodyTooLarge          body (after decompression) passed the size cap  permanent
+    |   +-- HostBackoff           Retry-After longer than a chart is held       transient
     +-- FeedError                 a 2xx body that is not a chart we can read
     |   +-- FeedFormatError       not JSON, or JSON of the wrong shape            permanent
     |   +-- EmptyChart            a chart of zero entries (treated as a failed fetch) transient
@@ -56,6 +57,14 @@ class HttpStatusError(FetchError):
 
 class BodyTooLarge(FetchError):
     permanent = True
+
+
+class HostBackoff(FetchError):
+    """No request may go to the host for `retry_after_seconds`; the chart should be deferred."""
+
+    def __init__(self, message: str, *, url: str, retry_after_seconds: float, attempts: int = 0):
+        super().__init__(message, url=url, attempts=attempts)
+        self.retry_after_seconds = retry_after_seconds
 
 
 class FeedError(MonitorError):
