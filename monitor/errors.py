@@ -5,6 +5,8 @@
     +-- FetchError                the HTTP exchange with a feed failed
     |   +-- FetchConnectError     could not connect (refused, DNS, TLS)          transient
     |   +-- FetchTimeout          connect/read timeout or overall deadline        transient
+    |   +-- FetchProtocolError    connection broken mid-exchange, malformed answer transient
+    |   +-- FetchRequestError     bad URL/scheme, redirect loop, bad encoding     permanent
     |   +-- HttpStatusError       not 2xx/304; 408, 429, 5xx transient, other 4xx permanent
     |   +-- BodyTooLarge          body (after decompression) passed the size cap  permanent
     |   +-- HostBackoff           Retry-After longer than a chart is held       transient
@@ -46,6 +48,14 @@ class FetchConnectError(FetchError):
 
 class FetchTimeout(FetchError):
     pass
+
+
+class FetchProtocolError(FetchError):
+    pass
+
+
+class FetchRequestError(FetchError):
+    permanent = True
 
 
 class HttpStatusError(FetchError):
