@@ -111,6 +111,8 @@ class ChartSnapshot:
 
     Ranks are the 1-based positions in the feed as served. They are strictly increasing; a gap
     means the position held an entry the parser dropped by policy (see `notices`).
+    `served_depth` is how many positions the feed served within the requested depth, gaps
+    included, so a dropped last entry does not make the chart look short.
     """
 
     chart: ChartKey
@@ -120,6 +122,7 @@ class ChartSnapshot:
     entries: tuple[ChartEntry, ...]
     feed_updated_at: dt.datetime | None = None
     notices: tuple[str, ...] = ()
+    served_depth: int | None = None
 
     def __post_init__(self) -> None:
         if self.fetched_at.tzinfo is None:
@@ -127,6 +130,8 @@ class ChartSnapshot:
         ranks = [entry.rank for entry in self.entries]
         if any(b <= a for a, b in itertools.pairwise(ranks)) or (ranks and ranks[0] < 1):
             raise ValueError(f"{self.chart}: ranks must be positive and strictly increasing")
+        if self.served_depth is not None and ranks and self.served_depth < ranks[-1]:
+            raise ValueError(f"{self.chart}: served_depth is less than the last rank")
         ids = [entry.store_id for entry in self.entries]
         if len(set(ids)) != len(ids):
             raise ValueError(f"{self.chart}: an app id appears more than once")
@@ -134,6 +139,8 @@ class ChartSnapshot:
     @property
     def visible_depth(self) -> int:
         """How deep the chart was visible in this snapshot (the last position served)."""
+        if self.served_depth is not None:
+            return self.served_depth
         return self.entries[-1].rank if self.entries else 0
 
     @property
