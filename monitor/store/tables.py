@@ -1,9 +1,14 @@
 """Table definitions: the single source of the schema (Alembic autogenerates against it).
 
-Snapshots are the immutable source of truth, one compact row per fetch: the ranked apps are
-packed into `ranked_app_ids` as little-endian uint32 internal app ids, position i holding rank
-i + 1 and 0 marking a position the parser dropped. `app_ranks` is derived from snapshots for
-tracked apps only and can be rebuilt at any time.
+Snapshots are the immutable source of truth, one compact row per fetch whose content changed:
+the ranked apps are packed into `ranked_app_ids` as little-endian uint32 internal app ids,
+position i holding rank i + 1 and 0 marking a position the parser dropped (see packing.py).
+`app_ranks` is derived from snapshots for tracked apps only and can be rebuilt at any time.
+
+Bytes matter here (a world poll stores ~100k ranked entries an hour), so every index below is
+one a query uses, and the two append-only tables keyed by a natural key (`app_ranks`,
+`fetch_log`) are WITHOUT ROWID on SQLite: their primary key is then the table itself instead
+of a second b-tree beside a rowid table.
 """
 
 from __future__ import annotations
@@ -22,11 +27,15 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    PrimaryKeyConstraint,
     SmallInteger,
     String,
     Table,
     Text,
     UniqueConstraint,
+    false,
+    text,
+    true,
 )
 from sqlalchemy.types import TypeDecorator
 
@@ -80,10 +89,23 @@ apps = Table(
     Column("genre_id", String(16)),
     Column("genre_name", Text),
     # NULL until the app is first seen in a chart (watchlist apps are created before that).
+    # last_seen_at is the fetch time of the latest snapshot listing the app, to within
+    # apps.LAST_SEEN_RESOLUTION; confirmations of an unchanged chart do not move it.
     Column("first_seen_at", UtcDateTime),
     Column("last_seen_at", UtcDateTime),
-    Column("tracked", Boolean, nullable=False, server_default="0"),
+    Column("tracked", Boolean, nullable=False, server_default=false()),
     UniqueConstraint("store", "store_id"),
+    # Room on each page for the updated row version: last_seen_at changes every poll round,
+    # and an update that stays on its page (HOT) rewrites no index and leaves no bloat.
+    postgresql_with={"fillfactor": 80},
+)
+
+# Every snapshot write asks which apps are tracked: a few rows among many thousands.
+Index(
+    "ix_apps_tracked",
+    apps.c.id,
+    postgresql_where=apps.c.tracked,
+    sqlite_where=apps.c.tracked == true(),
 )
 
 charts = Table(
@@ -102,18 +124,20 @@ poll_tasks = Table(
     "poll_tasks",
     metadata,
     Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), primary_key=True),
-    Column("enabled", Boolean, nullable=False, server_default="1"),
+    Column("enabled", Boolean, nullable=False, server_default=true()),
     Column("next_due_at", UtcDateTime, nullable=False),
     Column("lease_owner", String(128)),
     Column("lease_expires_at", UtcDateTime),
-    Column("fencing_token", BigInteger, nullable=False, server_default="0"),
+    # Bumped by every claim and never by a completion: a completion carrying an older token
+    # means someone else claimed the chart since, so it must write nothing.
+    Column("fencing_token", BigInteger, nullable=False, server_default=text("0")),
     Column("etag", String(255)),
     Column("last_modified", String(64)),
-    Column("last_hash", String(64)),
+    Column("last_hash", String(128)),
     Column("last_source", String(16)),
     Column("last_attempt_at", UtcDateTime),
     Column("last_success_at", UtcDateTime),
-    Column("consecutive_failures", Integer, nullable=False, server_default="0"),
+    Column("consecutive_failures", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text),
     Index(None, "enabled", "next_due_at"),
 )
@@ -121,50 +145,52 @@ poll_tasks = Table(
 snapshots = Table(
     "snapshots",
     metadata,
+    # Fixed-width columns first, widest first: PostgreSQL pads each to its alignment.
     Column("id", RowId, primary_key=True),
-    Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), nullable=False),
     Column("fetched_at", UtcDateTime, nullable=False),
     # Last time the feed served this exact content again (unchanged polls write no new row).
     Column("confirmed_at", UtcDateTime, nullable=False),
     Column("feed_updated_at", UtcDateTime),
-    Column("source", String(16), nullable=False),
+    Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), nullable=False),
     Column("requested_depth", SmallInteger, nullable=False),
     Column("visible_depth", SmallInteger, nullable=False),
-    Column("content_hash", LargeBinary(32), nullable=False),
+    Column("source", String(16), nullable=False),
+    Column("content_hash", LargeBinary(16), nullable=False),
     Column("ranked_app_ids", LargeBinary, nullable=False),
+    # Serves idempotent inserts, "latest snapshot of a chart" and history ranges alike.
     UniqueConstraint("chart_id", "fetched_at"),
 )
 
 app_ranks = Table(
     "app_ranks",
     metadata,
-    Column("app_id", Integer, ForeignKey("apps.id", ondelete="CASCADE"), primary_key=True),
-    Column(
-        "snapshot_id",
-        RowId,
-        ForeignKey("snapshots.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
+    Column("app_id", Integer, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
+    # Denormalized from the snapshot so that "charts this app was ever listed on" is a scan of
+    # the primary key prefix, not a join over every snapshot.
     Column("chart_id", Integer, nullable=False),
-    Column("captured_at", UtcDateTime, nullable=False),
+    Column("snapshot_id", RowId, ForeignKey("snapshots.id", ondelete="CASCADE"), nullable=False),
     Column("rank", SmallInteger, nullable=False),
-    Index(None, "app_id", "captured_at"),
+    PrimaryKeyConstraint("app_id", "chart_id", "snapshot_id"),
+    sqlite_with_rowid=False,
 )
 
 fetch_log = Table(
     "fetch_log",
     metadata,
-    Column("id", RowId, primary_key=True),
     Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), nullable=False),
     Column("started_at", UtcDateTime, nullable=False),
     Column("duration_ms", Integer, nullable=False),
-    Column("outcome", String(16), nullable=False),
-    Column("source", String(16)),
-    Column("url", Text),
-    Column("http_status", SmallInteger),
     Column("attempts", SmallInteger, nullable=False),
+    Column("http_status", SmallInteger),
     Column("body_bytes", Integer),
+    Column("outcome", String(16), nullable=False),
+    # A failed attempt followed by a successful one in the same poll (a fallback feed served
+    # the chart): history must not show it as a gap.
+    Column("recovered", Boolean, nullable=False, server_default=false()),
+    Column("source", String(16)),
+    Column("url", Text),  # kept for failed fetches only
     Column("error_class", String(64)),
     Column("error_message", Text),
-    Index(None, "chart_id", "started_at"),
+    PrimaryKeyConstraint("chart_id", "started_at"),
+    sqlite_with_rowid=False,
 )

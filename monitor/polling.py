@@ -1,0 +1,241 @@
+"""Polling one claimed chart: fetch (with fallback to the other feed), parse, store.
+
+A chart's poll ends in exactly one schedule update, fenced by the claim's token: a snapshot,
+an "unchanged" confirmation, or a failure. The fetch log gets a row for every feed tried, so
+a fallback from the v2 feed to the legacy one stays visible.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import datetime as dt
+import logging
+import time
+from collections.abc import Callable
+
+from monitor.errors import (
+    FeedError,
+    FetchError,
+    FetchTimeout,
+    HostBackoff,
+    HttpStatusError,
+    MonitorError,
+)
+from monitor.model import (
+    ChartKey,
+    FetchOutcome,
+    FetchRecord,
+    PollClaim,
+    SourceName,
+    Validators,
+)
+from monitor.sources.catalog import FeedEndpoints, FeedRequest, feed_requests
+from monitor.sources.http import FeedClient, FetchResult
+from monitor.sources.parsers import PARSERS
+from monitor.store.repository import Repository
+
+log = logging.getLogger(__name__)
+
+ERROR_MESSAGE_LIMIT = 500
+# Stop fetching this long before the lease expires, to leave time to record the outcome.
+LEASE_MARGIN_SECONDS = 10.0
+
+
+@dataclasses.dataclass(frozen=True)
+class PollSettings:
+    depth: int
+    prefer_v2: bool
+    interval: dt.timedelta
+    failure_retry: dt.timedelta
+
+
+@dataclasses.dataclass(frozen=True)
+class PollResult:
+    chart: ChartKey
+    outcome: FetchOutcome
+    source: SourceName | None
+    entries: int | None
+    seconds: float
+    error: str | None = None
+
+
+class Poller:
+    def __init__(
+        self,
+        *,
+        client: FeedClient,
+        repository: Repository,
+        endpoints: FeedEndpoints,
+        settings: PollSettings,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._client = client
+        self._repository = repository
+        self._endpoints = endpoints
+        self._settings = settings
+        self._clock = clock
+
+    async def poll(self, claim: PollClaim) -> PollResult:
+        """Poll one chart; never raises for feed problems (they become a recorded failure)."""
+        started = time.monotonic()
+        failures: list[FetchRecord] = []
+        failure_retry = self._settings.failure_retry
+        requests = feed_requests(
+            claim.chart,
+            depth=self._settings.depth,
+            endpoints=self._endpoints,
+            prefer_v2=self._settings.prefer_v2,
+        )
+        for request in requests:
+            attempt_started = self._clock()
+            attempt_clock = time.monotonic()
+            try:
+                validators = claim.validators if request.source == claim.last_source else None
+                fetched = await self._fetch_within_lease(claim, request, validators)
+                return await asyncio.to_thread(
+                    self._store,
+                    claim,
+                    request,
+                    fetched,
+                    attempt_started=attempt_started,
+                    failures=failures,
+                    started=started,
+                )
+            except (FetchError, FeedError) as exc:
+                if isinstance(exc, HostBackoff):
+                    failure_retry = max(
+                        failure_retry, dt.timedelta(seconds=exc.retry_after_seconds)
+                    )
+                failures.append(
+                    self._failure_record(claim.chart, request, exc, attempt_started, attempt_clock)
+                )
+                log.warning(
+                    "poll failed: %s via %s: %s: %s",
+                    claim.chart,
+                    request.source,
+                    type(exc).__name__,
+                    exc,
+                    extra={
+                        "chart": claim.chart.slug,
+                        "source": request.source.value,
+                        "error_class": type(exc).__name__,
+                    },
+                )
+        if not failures:
+            raise MonitorError(f"{claim.chart}: no feed serves this chart")
+        now = self._clock()
+        await asyncio.to_thread(
+            self._repository.record_failure,
+            claim,
+            fetches=failures,
+            next_due_at=now + min(self._settings.interval, failure_retry),
+        )
+        last = failures[-1]
+        return PollResult(
+            claim.chart,
+            FetchOutcome.FAILED,
+            last.source,
+            None,
+            time.monotonic() - started,
+            f"{last.error_class}: {last.error_message}",
+        )
+
+    async def _fetch_within_lease(
+        self, claim: PollClaim, request: FeedRequest, validators: Validators | None
+    ) -> FetchResult:
+        """Fetch, giving up before the lease runs out: past it another worker may own the chart."""
+        left = (claim.lease_expires_at - self._clock()).total_seconds() - LEASE_MARGIN_SECONDS
+        try:
+            async with asyncio.timeout(max(left, 0.0)):
+                return await self._client.fetch(request.url, validators)
+        except TimeoutError:
+            raise FetchTimeout(
+                f"{request.url}: gave up before the poll lease of {claim.chart} expired",
+                url=request.url,
+            ) from None
+
+    def _store(
+        self,
+        claim: PollClaim,
+        request: FeedRequest,
+        fetched: FetchResult,
+        *,
+        attempt_started: dt.datetime,
+        failures: list[FetchRecord],
+        started: float,
+    ) -> PollResult:
+        """Parse and write, in a worker thread (CPU-bound parse, blocking database I/O)."""
+        next_due_at = self._clock() + self._settings.interval
+        unchanged = fetched.not_modified or (
+            fetched.content_hash == claim.last_hash and request.source == claim.last_source
+        )
+        record = FetchRecord(
+            chart=claim.chart,
+            started_at=attempt_started,
+            duration_seconds=fetched.elapsed,
+            outcome=FetchOutcome.NOT_MODIFIED if fetched.not_modified else FetchOutcome.CHANGED,
+            source=request.source,
+            url=fetched.url,
+            http_status=fetched.status,
+            attempts=fetched.attempts,
+            body_bytes=len(fetched.body),
+        )
+        if unchanged:
+            if not fetched.not_modified:
+                record = dataclasses.replace(record, outcome=FetchOutcome.UNCHANGED)
+            self._repository.record_unchanged(
+                claim,
+                validators=fetched.validators,
+                fetches=[*failures, record],
+                next_due_at=next_due_at,
+            )
+            return PollResult(
+                claim.chart, record.outcome, request.source, None, time.monotonic() - started
+            )
+        snapshot = PARSERS[request.source](
+            fetched.body,
+            chart=claim.chart,
+            requested_depth=self._settings.depth,
+            fetched_at=attempt_started,
+        )
+        for notice in snapshot.notices:
+            log.info("%s: %s", claim.chart, notice, extra={"chart": claim.chart.slug})
+        assert fetched.content_hash is not None
+        written = self._repository.record_snapshot(
+            claim,
+            snapshot,
+            content_hash=fetched.content_hash,
+            validators=fetched.validators,
+            fetches=[*failures, record],
+            next_due_at=next_due_at,
+        )
+        outcome = FetchOutcome.CHANGED if written.stored else FetchOutcome.UNCHANGED
+        return PollResult(
+            claim.chart,
+            outcome,
+            request.source,
+            len(snapshot.entries),
+            time.monotonic() - started,
+        )
+
+    def _failure_record(
+        self,
+        chart: ChartKey,
+        request: FeedRequest,
+        exc: MonitorError,
+        attempt_started: dt.datetime,
+        attempt_clock: float,
+    ) -> FetchRecord:
+        return FetchRecord(
+            chart=chart,
+            started_at=attempt_started,
+            duration_seconds=time.monotonic() - attempt_clock,
+            outcome=FetchOutcome.FAILED,
+            source=request.source,
+            url=request.url,
+            http_status=exc.status if isinstance(exc, HttpStatusError) else None,
+            attempts=exc.attempts if isinstance(exc, FetchError) else 1,
+            error_class=type(exc).__name__,
+            error_message=str(exc)[:ERROR_MESSAGE_LIMIT],
+        )

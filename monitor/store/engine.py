@@ -1,0 +1,208 @@
+"""Opening the database: engine setup per backend and the one-writer rule for SQLite.
+
+SQLite: WAL (readers never block the writer nor the reverse), synchronous=NORMAL (durable at
+checkpoints, fast commits), a 5 s busy timeout, foreign keys on, and every transaction of a
+writer opened with BEGIN IMMEDIATE so that two writers queue at BEGIN instead of failing with
+"database is locked" when a read transaction tries to upgrade. One writer process per file,
+enforced by an OS lock on `<file>.lock` (released by the kernel if the process dies).
+Readers run with `query_only` so a read-only command can never write beside the writer.
+
+PostgreSQL: psycopg 3, pre-ping (connections survive a server restart), UTC sessions and
+statement/lock timeouts so a stuck lock surfaces as an error instead of a hung poll; readers'
+transactions are read-only. Several writers may share a PostgreSQL database (replicas): the
+poll leases keep them apart.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+from types import TracebackType
+from typing import IO, Any, Self
+
+from sqlalchemy import Connection, Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+from monitor.errors import DatabaseLocked, StoreError
+
+SQLITE_BUSY_TIMEOUT_MS = 5_000
+POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
+POSTGRES_LOCK_TIMEOUT_MS = 10_000
+POSTGRES_POOL_SIZE = 4
+_POSTGRES_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg"}
+
+
+class Database:
+    """An open database: the engine, and for a SQLite writer the file lock. Close it."""
+
+    def __init__(self, engine: Engine, *, writer: bool, lock: _WriterLock | None) -> None:
+        self.engine = engine
+        self.writer = writer
+        self._lock = lock
+
+    @property
+    def dialect(self) -> str:
+        """`sqlite` or `postgresql`."""
+        return self.engine.dialect.name
+
+    @property
+    def display_url(self) -> str:
+        return self.engine.url.render_as_string(hide_password=True)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        role = "writer" if self.writer else "reader"
+        return f"<Database {self.display_url} {role}>"
+
+
+def open_database(url: str, *, writer: bool) -> Database:
+    """Open a SQLite file or a PostgreSQL database; raises DatabaseLocked or StoreError."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() == "sqlite":
+        return _open_sqlite(parsed, writer=writer)
+    return _open_postgres(parsed, writer=writer)
+
+
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StoreError(f"invalid database URL: {exc}") from None
+    if parsed.drivername in _POSTGRES_DRIVERS:
+        return parsed.set(drivername="postgresql+psycopg")
+    if parsed.drivername not in ("sqlite", "sqlite+pysqlite"):
+        raise StoreError(
+            f"unsupported database {parsed.drivername!r}: use sqlite:///path or postgresql://..."
+        )
+    return parsed
+
+
+def _open_sqlite(url: URL, *, writer: bool) -> Database:
+    if not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
+        raise StoreError("an in-memory SQLite database is not supported: give a file path")
+    path = Path(url.database).expanduser().absolute()
+    lock: _WriterLock | None = None
+    if writer:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        lock = _WriterLock.acquire(path)
+    elif not path.exists():
+        raise StoreError(f"no database at {path}: run `app-rank-monitor migrate` first")
+    try:
+        engine = create_engine(
+            url.set(database=str(path)),
+            connect_args={"check_same_thread": False, "timeout": SQLITE_BUSY_TIMEOUT_MS / 1000},
+        )
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+    _configure_sqlite(engine, writer=writer)
+    return Database(engine, writer=writer, lock=lock)
+
+
+def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
+    begin = "BEGIN IMMEDIATE" if writer else "BEGIN"
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # The pysqlite recipe: the driver emits no BEGIN of its own, the "begin" hook does.
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+            cursor.execute("PRAGMA foreign_keys = ON")
+            cursor.execute("PRAGMA synchronous = NORMAL")
+            if writer:
+                cursor.execute("PRAGMA journal_mode = WAL")
+            else:
+                cursor.execute("PRAGMA query_only = ON")
+        finally:
+            cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Connection) -> None:
+        connection.exec_driver_sql(begin)
+
+
+def _open_postgres(url: URL, *, writer: bool) -> Database:
+    options = (
+        f"-c TimeZone=UTC -c statement_timeout={POSTGRES_STATEMENT_TIMEOUT_MS}"
+        f" -c lock_timeout={POSTGRES_LOCK_TIMEOUT_MS}"
+    )
+    if not writer:  # the same promise as SQLite's query_only: a read command never writes
+        options += " -c default_transaction_read_only=on"
+    engine = create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_size=POSTGRES_POOL_SIZE,
+        max_overflow=POSTGRES_POOL_SIZE,
+        pool_recycle=1800,
+        connect_args={
+            "options": options,
+            "connect_timeout": 10,
+            "application_name": "app-rank-monitor" if writer else "app-rank-monitor (read)",
+        },
+    )
+    return Database(engine, writer=writer, lock=None)
+
+
+class _WriterLock:
+    """An exclusive flock on `<db file>.lock`, holding the owner's pid for the error message."""
+
+    def __init__(self, path: Path, handle: IO[str]) -> None:
+        self.path = path
+        self._handle: IO[str] | None = handle
+
+    @classmethod
+    def acquire(cls, database_path: Path) -> _WriterLock:
+        path = database_path.with_name(database_path.name + ".lock")
+        handle = path.open("a+", encoding="utf-8")
+        try:
+            fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown"
+            handle.close()
+            raise DatabaseLocked(
+                f"{database_path} is already used by another writer (pid {holder}). "
+                "Stop that process, or use read-only commands (history, chart, apps) beside it."
+            ) from None
+        except BaseException:
+            handle.close()
+            raise
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        return cls(path, handle)
+
+    def release(self) -> None:
+        if self._handle is None:
+            return
+        # The file stays: unlinking it would let a second writer lock a fresh inode while a
+        # third still holds the old one.
+        with contextlib.suppress(OSError):
+            self._handle.seek(0)
+            self._handle.truncate()
+        fcntl.flock(self._handle.fileno(), fcntl.LOCK_UN)
+        self._handle.close()
+        self._handle = None

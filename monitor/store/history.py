@@ -1,0 +1,157 @@
+"""One app's rank history: LISTED, BELOW_DEPTH and FETCH_FAILED points, kept apart.
+
+A tracked app's points come from `app_ranks` joined to the snapshots of its charts; an
+untracked app's are computed from the packed rankings (slower, same answer).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from sqlalchemy import ColumnElement, Connection, LargeBinary, and_, bindparam, false, func, select
+
+from monitor.model import ChartKey, FetchOutcome, RankPoint, RankStatus
+from monitor.store import packing
+from monitor.store.schedule import ChartCatalog
+from monitor.store.tables import app_ranks, apps, charts, fetch_log, snapshots
+
+
+def history(
+    connection: Connection,
+    dialect: str,
+    catalog: ChartCatalog,
+    app_id: int,
+    *,
+    country: str | None,
+    collection: str | None,
+    device: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> list[RankPoint]:
+    """The app's points on every chart (matching the filters) that has ever listed it."""
+    tracked = connection.scalar(select(apps.c.tracked).where(apps.c.id == app_id))
+    if tracked is None:
+        return []
+    wanted_charts = select(charts.c.id).where(
+        *(
+            column == value
+            for column, value in (
+                (charts.c.country, country),
+                (charts.c.collection, collection),
+                (charts.c.device, device),
+            )
+            if value is not None
+        )
+    )
+    if tracked:
+        chart_ids = set(
+            connection.scalars(
+                select(app_ranks.c.chart_id)
+                .distinct()
+                .where(app_ranks.c.app_id == app_id, app_ranks.c.chart_id.in_(wanted_charts))
+            )
+        )
+    else:
+        chart_ids = _charts_listing(connection, dialect, app_id, wanted_charts)
+    if not chart_ids:
+        return []
+    keys = catalog.keys(connection, chart_ids)
+    points = [
+        *_snapshot_points(
+            connection, app_id, keys, tracked=bool(tracked), since=since, until=until
+        ),
+        *_failure_points(connection, keys, since, until),
+    ]
+    points.sort(key=lambda point: (point.chart, point.at))
+    return points
+
+
+def between(
+    column: Any, since: dt.datetime | None, until: dt.datetime | None
+) -> list[ColumnElement[bool]]:
+    bounds: list[ColumnElement[bool]] = []
+    if since is not None:
+        bounds.append(column >= since)
+    if until is not None:
+        bounds.append(column <= until)
+    return bounds
+
+
+def _charts_listing(connection: Connection, dialect: str, app_id: int, wanted: Any) -> set[int]:
+    """Charts with a snapshot listing an untracked app: a byte search narrows the scan, the
+    slot alignment check rejects hits that straddle two ids."""
+    needle = bindparam("needle", packing.pack_ranking({1: app_id}), type_=LargeBinary)
+    if dialect == "postgresql":
+        contains = func.pg_catalog.position(snapshots.c.ranked_app_ids, needle) > 0
+    else:
+        contains = func.instr(snapshots.c.ranked_app_ids, needle) > 0
+    rows = connection.execute(
+        select(snapshots.c.chart_id, snapshots.c.ranked_app_ids).where(
+            snapshots.c.chart_id.in_(wanted), contains
+        )
+    )
+    return {row.chart_id for row in rows if packing.rank_of(row.ranked_app_ids, app_id)}
+
+
+def _snapshot_points(
+    connection: Connection,
+    app_id: int,
+    keys: dict[int, ChartKey],
+    *,
+    tracked: bool,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> list[RankPoint]:
+    where = [snapshots.c.chart_id.in_(keys), *between(snapshots.c.fetched_at, since, until)]
+    columns = (snapshots.c.chart_id, snapshots.c.fetched_at, snapshots.c.visible_depth)
+    if tracked:
+        joined = snapshots.outerjoin(
+            app_ranks,
+            and_(
+                app_ranks.c.app_id == app_id,
+                app_ranks.c.chart_id == snapshots.c.chart_id,
+                app_ranks.c.snapshot_id == snapshots.c.id,
+            ),
+        )
+        query = select(*columns, app_ranks.c.rank).select_from(joined).where(*where)
+        rows = connection.execute(query)
+        ranked = [(row, row.rank) for row in rows]
+    else:
+        rows = connection.execute(select(*columns, snapshots.c.ranked_app_ids).where(*where))
+        ranked = [(row, packing.rank_of(row.ranked_app_ids, app_id)) for row in rows]
+    return [
+        RankPoint(
+            at=row.fetched_at,
+            chart=keys[row.chart_id],
+            status=RankStatus.LISTED if rank is not None else RankStatus.BELOW_DEPTH,
+            rank=rank,
+            depth=row.visible_depth,
+        )
+        for row, rank in ranked
+    ]
+
+
+def _failure_points(
+    connection: Connection,
+    keys: dict[int, ChartKey],
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> list[RankPoint]:
+    rows = connection.execute(
+        select(fetch_log.c.chart_id, fetch_log.c.started_at, fetch_log.c.error_class).where(
+            fetch_log.c.chart_id.in_(keys),
+            fetch_log.c.outcome == FetchOutcome.FAILED.value,
+            fetch_log.c.recovered == false(),
+            *between(fetch_log.c.started_at, since, until),
+        )
+    )
+    return [
+        RankPoint(
+            at=row.started_at,
+            chart=keys[row.chart_id],
+            status=RankStatus.FETCH_FAILED,
+            error=row.error_class or "unknown",
+        )
+        for row in rows
+    ]

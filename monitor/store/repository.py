@@ -1,0 +1,220 @@
+"""The storage API used by the worker and the CLI. Synchronous: the worker calls it in threads.
+
+Each method is one transaction (the watchlist backfill and the rebuild are batches of them),
+takes and returns monitor.model types or the small dataclasses of monitor.store.results, and
+raises StoreError (or its LeaseLost / DatabaseLocked) for anything the database refused.
+All datetimes are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from monitor.model import (
+    ChartKey,
+    ChartSnapshot,
+    FetchRecord,
+    PollClaim,
+    RankPoint,
+    Validators,
+    WatchedApp,
+)
+from monitor.store import derived, queries, schedule, snapshots
+from monitor.store import history as rank_history
+from monitor.store.apps import AppCache, GrowthAnalyzer
+from monitor.store.engine import Database
+from monitor.store.results import (
+    AppInfo,
+    ChartSync,
+    ChartView,
+    ChartViewEntry,
+    CurrentRank,
+    ScheduleStatus,
+    SnapshotWrite,
+    TrackedAppStatus,
+    TrackedRankChange,
+    WatchlistSync,
+)
+from monitor.store.sql import in_transaction, reading
+
+__all__ = [
+    "AppInfo",
+    "ChartSync",
+    "ChartView",
+    "ChartViewEntry",
+    "CurrentRank",
+    "Repository",
+    "ScheduleStatus",
+    "SnapshotWrite",
+    "TrackedAppStatus",
+    "TrackedRankChange",
+    "WatchlistSync",
+]
+
+Progress = Callable[[int, int], None]
+
+
+class Repository:
+    def __init__(self, database: Database) -> None:
+        self._engine = database.engine
+        self._dialect = database.dialect
+        self._charts = schedule.ChartCatalog()
+        self._apps = AppCache()
+        self._analyzer = GrowthAnalyzer(self._dialect)
+
+    # -- poll schedule -------------------------------------------------------------------
+
+    def sync_charts(self, charts: Sequence[ChartKey], *, now: dt.datetime) -> ChartSync:
+        """Schedule exactly `charts`: new ones due now, others disabled (history kept)."""
+        return in_transaction(
+            self._engine, lambda c: schedule.sync_charts(c, self._dialect, charts, now=now)
+        )
+
+    def claim_due(
+        self,
+        *,
+        owner: str,
+        now: dt.datetime,
+        lease: dt.timedelta,
+        limit: int,
+        charts: Sequence[ChartKey] | None = None,
+    ) -> list[PollClaim]:
+        """Lease up to `limit` due charts, oldest due first; with `charts`, lease those (if
+        enabled and not leased) whether due or not."""
+        return in_transaction(
+            self._engine,
+            lambda c: schedule.claim_due(
+                c,
+                self._dialect,
+                self._charts,
+                owner=owner,
+                now=now,
+                lease=lease,
+                limit=limit,
+                charts_wanted=charts,
+            ),
+        )
+
+    def record_snapshot(
+        self,
+        claim: PollClaim,
+        snapshot: ChartSnapshot,
+        *,
+        content_hash: str,
+        validators: Validators,
+        fetches: Sequence[FetchRecord],
+        next_due_at: dt.datetime,
+    ) -> SnapshotWrite:
+        """Store a fetched chart, its derived ranks, the fetch log and the schedule advance in
+        one transaction. Raises LeaseLost (writing nothing) if the claim was superseded."""
+        written = in_transaction(
+            self._engine,
+            lambda c: snapshots.write_snapshot(
+                c,
+                self._dialect,
+                self._apps,
+                claim,
+                snapshot,
+                content_hash=content_hash,
+                validators=validators,
+                fetches=fetches,
+                next_due_at=next_due_at,
+            ),
+        )
+        self._apps.update(written.cache)
+        self._analyzer.grew(self._engine, written.result.new_apps)
+        return written.result
+
+    def record_unchanged(
+        self,
+        claim: PollClaim,
+        *,
+        validators: Validators,
+        fetches: Sequence[FetchRecord],
+        next_due_at: dt.datetime,
+    ) -> None:
+        """The feed served the content of the latest snapshot again (or HTTP 304)."""
+        in_transaction(
+            self._engine,
+            lambda c: snapshots.write_unchanged(
+                c,
+                self._dialect,
+                claim,
+                validators=validators,
+                fetches=fetches,
+                next_due_at=next_due_at,
+            ),
+        )
+
+    def record_failure(
+        self, claim: PollClaim, *, fetches: Sequence[FetchRecord], next_due_at: dt.datetime
+    ) -> None:
+        """Every attempt of the poll failed: log them, count the failure, retry later."""
+        in_transaction(
+            self._engine,
+            lambda c: snapshots.write_failure(
+                c, self._dialect, claim, fetches=fetches, next_due_at=next_due_at
+            ),
+        )
+
+    def release(self, claim: PollClaim) -> None:
+        """Give a lease back unpolled (shutdown); a no-op if it was lost meanwhile."""
+        in_transaction(self._engine, lambda c: schedule.release(c, claim))
+
+    def schedule_status(self, *, now: dt.datetime) -> ScheduleStatus:
+        return reading(self._engine, lambda c: schedule.status(c, now=now))
+
+    # -- watchlist and derived ranks -----------------------------------------------------
+
+    def sync_watchlist(
+        self, apps: Sequence[WatchedApp], *, progress: Progress | None = None
+    ) -> WatchlistSync:
+        """Track exactly `apps`; backfill the rank history of newly tracked ones from the
+        stored snapshots (`progress(snapshots_done, snapshots_total)`)."""
+        return derived.sync_watchlist(self._engine, self._dialect, apps, progress)
+
+    def rebuild_derived(self, *, progress: Progress | None = None) -> int:
+        """Recompute `app_ranks` from the snapshots; returns the rows written."""
+        return derived.rebuild(self._engine, self._dialect, progress)
+
+    # -- queries -------------------------------------------------------------------------
+
+    def find_apps(self, ref: str, *, limit: int = 50) -> list[AppInfo]:
+        """Apps by store id or bundle id (exact, first) or by name (any case, substring)."""
+        return reading(self._engine, lambda c: queries.find_apps(c, ref, limit=limit))
+
+    def history(
+        self,
+        app_id: int,
+        *,
+        country: str | None = None,
+        collection: str | None = None,
+        device: str | None = None,
+        since: dt.datetime | None = None,
+        until: dt.datetime | None = None,
+    ) -> list[RankPoint]:
+        """The app's rank points, sorted by (chart, time), on every chart matching the filters
+        that has listed it at least once: LISTED, BELOW_DEPTH (a snapshot without it) or
+        FETCH_FAILED (a poll that got no chart at all)."""
+        return reading(
+            self._engine,
+            lambda c: rank_history.history(
+                c,
+                self._dialect,
+                self._charts,
+                app_id,
+                country=country,
+                collection=collection,
+                device=device,
+                since=since,
+                until=until,
+            ),
+        )
+
+    def chart_at(self, chart: ChartKey, at: dt.datetime | None = None) -> ChartView | None:
+        """The latest snapshot of `chart` fetched at or before `at` (default: the latest)."""
+        return reading(self._engine, lambda c: queries.chart_at(c, self._charts, chart, at))
+
+    def tracked_apps(self) -> list[TrackedAppStatus]:
+        return reading(self._engine, lambda c: queries.tracked_apps(c, self._charts))

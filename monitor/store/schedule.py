@@ -1,0 +1,240 @@
+"""The poll schedule: one `poll_tasks` row per chart, handed out under a lease.
+
+A claim bumps the chart's fencing token; every completion updates the row only while the token
+still matches, in the same transaction as everything else it writes, so a worker whose lease
+expired and was taken over writes nothing (DESIGN.md section 4). On PostgreSQL, claimers skip
+rows another claimer has locked (FOR UPDATE SKIP LOCKED); on SQLite the writer's BEGIN
+IMMEDIATE serializes claims.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, case, func, or_, select, true, type_coerce, update
+
+from monitor.errors import LeaseLost
+from monitor.model import ChartKey, Collection, Device, PollClaim, SourceName, Store, Validators
+from monitor.store.results import ChartSync, ScheduleStatus
+from monitor.store.sql import among, insert_ignoring_conflicts
+from monitor.store.tables import UtcDateTime, charts, poll_tasks
+
+_CHART_COLUMNS = (charts.c.store, charts.c.country, charts.c.collection, charts.c.device)
+
+
+_NATURAL_KEY = ("store", "country", "collection", "device", "genre")
+
+
+def _natural_key(chart: ChartKey) -> tuple[str, str, str, str, str]:
+    return (
+        chart.store.value,
+        chart.country,
+        chart.collection.value,
+        chart.device.value,
+        chart.genre,
+    )
+
+
+class ChartCatalog:
+    """Chart id <-> ChartKey. Chart rows never change once written, so this caches forever.
+
+    Only ids read from committed rows are cached (a rolled-back insert on SQLite may hand the
+    same id to another chart later).
+    """
+
+    def __init__(self) -> None:
+        self._keys: dict[int, ChartKey] = {}
+        self._ids: dict[ChartKey, int] = {}
+        self._lock = threading.Lock()
+
+    def keys(self, connection: Connection, chart_ids: Iterable[int]) -> dict[int, ChartKey]:
+        wanted = set(chart_ids)
+        missing = wanted - self._keys.keys()
+        if missing:
+            rows = connection.execute(
+                select(charts.c.id, *_CHART_COLUMNS, charts.c.genre).where(charts.c.id.in_(missing))
+            )
+            self._remember((row.id, _key(row)) for row in rows)
+        return {chart_id: self._keys[chart_id] for chart_id in wanted if chart_id in self._keys}
+
+    def ids(self, connection: Connection, keys: Iterable[ChartKey]) -> dict[ChartKey, int]:
+        wanted = set(keys)
+        if wanted - self._ids.keys():
+            rows = connection.execute(select(charts.c.id, *_CHART_COLUMNS, charts.c.genre))
+            self._remember((row.id, key) for row in rows if (key := _key_or_none(row)))
+        return {key: self._ids[key] for key in wanted if key in self._ids}
+
+    def _remember(self, pairs: Iterable[tuple[int, ChartKey]]) -> None:
+        with self._lock:
+            for chart_id, key in pairs:
+                self._keys[chart_id] = key
+                self._ids[key] = chart_id
+
+
+def _key(row: Any) -> ChartKey:
+    return ChartKey(
+        Store(row.store), row.country, Collection(row.collection), Device(row.device), row.genre
+    )
+
+
+def _key_or_none(row: Any) -> ChartKey | None:
+    try:
+        return _key(row)
+    except ValueError:  # a chart of a store or collection this version no longer knows
+        return None
+
+
+def sync_charts(
+    connection: Connection, dialect: str, wanted: Sequence[ChartKey], *, now: dt.datetime
+) -> ChartSync:
+    keys = sorted(set(wanted))
+    if keys:
+        connection.execute(
+            insert_ignoring_conflicts(charts, dialect),
+            [dict(zip(_NATURAL_KEY, _natural_key(key), strict=True)) for key in keys],
+        )
+    rows = connection.execute(select(charts.c.id, *_CHART_COLUMNS, charts.c.genre))
+    id_by_key = {tuple(row[1:]): row.id for row in rows}
+    wanted_ids = [id_by_key[_natural_key(key)] for key in keys]
+    scheduled = set(connection.scalars(select(poll_tasks.c.chart_id)))
+    added = [chart_id for chart_id in wanted_ids if chart_id not in scheduled]
+    if added:
+        connection.execute(
+            insert_ignoring_conflicts(poll_tasks, dialect),
+            [{"chart_id": chart_id, "next_due_at": now} for chart_id in added],
+        )
+    reenabled = connection.execute(
+        update(poll_tasks)
+        .where(poll_tasks.c.chart_id.in_(wanted_ids), poll_tasks.c.enabled != true())
+        .values(enabled=True)
+    ).rowcount
+    disabled = connection.execute(
+        update(poll_tasks)
+        .where(poll_tasks.c.chart_id.not_in(wanted_ids), poll_tasks.c.enabled == true())
+        .values(enabled=False)
+    ).rowcount
+    return ChartSync(added=len(added), reenabled=reenabled, disabled=disabled, enabled=len(keys))
+
+
+def claim_due(
+    connection: Connection,
+    dialect: str,
+    catalog: ChartCatalog,
+    *,
+    owner: str,
+    now: dt.datetime,
+    lease: dt.timedelta,
+    limit: int,
+    charts_wanted: Sequence[ChartKey] | None,
+) -> list[PollClaim]:
+    if limit <= 0:
+        return []
+    lease_free = or_(poll_tasks.c.lease_expires_at.is_(None), poll_tasks.c.lease_expires_at <= now)
+    conditions = [poll_tasks.c.enabled == true(), lease_free]
+    if charts_wanted is None:
+        conditions.append(poll_tasks.c.next_due_at <= now)
+    else:
+        ids = catalog.ids(connection, charts_wanted)
+        if not ids:
+            return []
+        conditions.append(poll_tasks.c.chart_id.in_(ids.values()))
+    due = (
+        select(poll_tasks.c.chart_id)
+        .where(*conditions)
+        .order_by(poll_tasks.c.next_due_at, poll_tasks.c.chart_id)
+        .limit(limit)
+        .with_for_update(skip_locked=True)
+    )
+    chart_ids = list(connection.scalars(due))
+    if not chart_ids:
+        return []
+    expires = now + lease
+    rows = connection.execute(
+        update(poll_tasks)
+        .where(among(poll_tasks.c.chart_id, chart_ids, dialect))
+        .values(
+            lease_owner=owner,
+            lease_expires_at=expires,
+            fencing_token=poll_tasks.c.fencing_token + 1,
+        )
+        .returning(
+            poll_tasks.c.chart_id,
+            poll_tasks.c.fencing_token,
+            poll_tasks.c.next_due_at,
+            poll_tasks.c.etag,
+            poll_tasks.c.last_modified,
+            poll_tasks.c.last_hash,
+            poll_tasks.c.last_source,
+        )
+    ).all()
+    keys = catalog.keys(connection, chart_ids)
+    rows = sorted(rows, key=lambda row: (row.next_due_at, row.chart_id))
+    return [
+        PollClaim(
+            chart_id=row.chart_id,
+            chart=keys[row.chart_id],
+            token=row.fencing_token,
+            lease_expires_at=expires,
+            validators=Validators(etag=row.etag, last_modified=row.last_modified),
+            last_hash=row.last_hash,
+            last_source=SourceName(row.last_source) if row.last_source else None,
+        )
+        for row in rows
+    ]
+
+
+def complete(connection: Connection, claim: PollClaim, values: Mapping[str, Any]) -> None:
+    """Advance the schedule and give the lease back, only if the claim is still current.
+
+    This is the fencing check: it runs first in every completing transaction (and on
+    PostgreSQL locks the row, serializing completions of one chart); zero rows means another
+    worker claimed the chart since, and raising here rolls back everything.
+    """
+    result = connection.execute(
+        update(poll_tasks)
+        .where(poll_tasks.c.chart_id == claim.chart_id, poll_tasks.c.fencing_token == claim.token)
+        .values(lease_owner=None, lease_expires_at=None, **values)
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(
+            f"{claim.chart}: the lease (token {claim.token}) was taken over by another worker; "
+            "nothing was written"
+        )
+
+
+def release(connection: Connection, claim: PollClaim) -> None:
+    connection.execute(
+        update(poll_tasks)
+        .where(poll_tasks.c.chart_id == claim.chart_id, poll_tasks.c.fencing_token == claim.token)
+        .values(lease_owner=None, lease_expires_at=None)
+    )
+
+
+def status(connection: Connection, *, now: dt.datetime) -> ScheduleStatus:
+    enabled = poll_tasks.c.enabled == true()
+    leased = poll_tasks.c.lease_expires_at > now
+    lease_free = or_(poll_tasks.c.lease_expires_at.is_(None), poll_tasks.c.lease_expires_at <= now)
+    overdue = and_(enabled, poll_tasks.c.next_due_at <= now)
+
+    def count(condition: Any) -> Any:
+        return func.coalesce(func.sum(case((condition, 1), else_=0)), 0)
+
+    row = connection.execute(
+        select(
+            count(enabled),
+            count(and_(overdue, lease_free)),
+            count(leased),
+            count(and_(enabled, poll_tasks.c.consecutive_failures > 0)),
+            type_coerce(func.min(case((overdue, poll_tasks.c.next_due_at))), UtcDateTime),
+        )
+    ).one()
+    return ScheduleStatus(
+        enabled=int(row[0]),
+        due_now=int(row[1]),
+        leased=int(row[2]),
+        failing=int(row[3]),
+        oldest_due_at=row[4],
+    )

@@ -1,0 +1,74 @@
+"""Small SQL helpers shared by the repository modules: idempotent inserts, transactions."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Collection
+from typing import Any, TypeVar
+
+from sqlalchemy import ColumnElement, Connection, Engine, Table, any_, bindparam
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError
+
+from monitor.errors import StoreError
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+# Deadlock and serialization failure: PostgreSQL aborted one of two transactions that waited
+# on each other (two workers upserting overlapping app sets). The bodies are idempotent, so
+# running the loser again is correct.
+_RETRYABLE_SQLSTATES = {"40P01", "40001"}
+ATTEMPTS = 3
+
+Insert = postgresql.Insert | sqlite.Insert
+
+
+def among(column: ColumnElement[Any], values: Collection[Any], dialect: str) -> ColumnElement[bool]:
+    """`column IN values`; on PostgreSQL as `= ANY(array)`, one parameter instead of one per
+    value, so the statement text (and psycopg's prepared statement) is the same every time."""
+    if dialect == "postgresql":
+        array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
+        return column == any_(array)
+    return column.in_(values)
+
+
+def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
+    """INSERT ... ON CONFLICT DO NOTHING: the idempotent write of a natural-keyed row."""
+    if dialect == "postgresql":
+        return postgresql.insert(table).on_conflict_do_nothing()
+    return sqlite.insert(table).on_conflict_do_nothing()
+
+
+def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run `work` in one transaction, retried on a deadlock; driver errors become StoreError."""
+    for attempt in range(1, ATTEMPTS + 1):
+        try:
+            with engine.begin() as connection:
+                return work(connection)
+        except DBAPIError as exc:
+            if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < ATTEMPTS:
+                log.info("transaction aborted by the database (%s), retrying", _sqlstate(exc))
+                continue
+            raise StoreError(f"database error: {_describe(exc)}") from exc
+    raise AssertionError("unreachable")
+
+
+def reading(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run read-only `work` on one connection (one snapshot on PostgreSQL)."""
+    try:
+        with engine.begin() as connection:
+            return work(connection)
+    except DBAPIError as exc:
+        raise StoreError(f"database error: {_describe(exc)}") from exc
+
+
+def _sqlstate(exc: DBAPIError) -> str | None:
+    state = getattr(exc.orig, "sqlstate", None)
+    return state if isinstance(state, str) else None
+
+
+def _describe(exc: DBAPIError) -> str:
+    first_line = str(exc.orig).strip().splitlines()
+    return first_line[0] if first_line else type(exc.orig).__name__

@@ -1,0 +1,84 @@
+"""The one place where settings become collaborators (client, repository, poller, rounds)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator
+
+import httpx
+
+from monitor.config import Settings
+from monitor.polling import Poller, PollSettings
+from monitor.rounds import PollRounds
+from monitor.sources.catalog import FeedEndpoints
+from monitor.sources.http import FeedClient, HttpSettings
+from monitor.store.engine import Database
+from monitor.store.repository import Repository
+
+# Failed charts are retried sooner than the poll interval, to keep gaps in history short.
+FAILURE_RETRY = dt.timedelta(minutes=5)
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+def owner_id() -> str:
+    """Identifies this process in poll leases: host, pid and a per-start nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def http_settings(settings: Settings) -> HttpSettings:
+    fetch = settings.fetch
+    return HttpSettings(
+        user_agent=fetch.user_agent,
+        connect_timeout=fetch.connect_timeout_seconds,
+        read_timeout=fetch.read_timeout_seconds,
+        deadline=fetch.deadline_seconds,
+        max_body_bytes=fetch.max_body_bytes,
+        max_attempts=fetch.max_attempts,
+        backoff_base=fetch.backoff_base_seconds,
+        backoff_max=fetch.backoff_max_seconds,
+        retry_after_max=fetch.retry_after_max_seconds,
+        max_host_wait=fetch.max_host_wait_seconds,
+        requests_per_minute=fetch.requests_per_minute,
+    )
+
+
+@contextlib.asynccontextmanager
+async def polling(
+    settings: Settings,
+    database: Database,
+    *,
+    transport: httpx.AsyncBaseTransport | None = None,
+) -> AsyncIterator[PollRounds]:
+    """Everything a poll round needs, closed on exit."""
+    repository = Repository(database)
+    async with FeedClient(http_settings(settings), transport=transport) as client:
+        poller = Poller(
+            client=client,
+            repository=repository,
+            endpoints=FeedEndpoints(
+                itunes_base_url=settings.itunes.base_url,
+                apple_rss_base_url=settings.apple_rss.base_url,
+            ),
+            settings=PollSettings(
+                depth=settings.poll.depth,
+                prefer_v2=settings.poll.prefer_v2,
+                interval=settings.poll.interval,
+                failure_retry=min(FAILURE_RETRY, settings.poll.interval),
+            ),
+            clock=utc_now,
+        )
+        yield PollRounds(
+            repository=repository,
+            poller=poller,
+            owner=owner_id(),
+            concurrency=settings.fetch.concurrency,
+            lease=settings.poll.lease,
+            clock=utc_now,
+        )

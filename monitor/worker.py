@@ -1,0 +1,145 @@
+"""The long-running service: scheduler ticker, poll rounds, HTTP listener, signal handling."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import signal
+import socket
+from collections.abc import Iterator
+
+import httpx
+import uvicorn
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from monitor import __version__
+from monitor.config import Settings
+from monitor.errors import MonitorError
+from monitor.progress import Progress
+from monitor.rounds import PollRounds
+from monitor.store.engine import Database, open_database
+from monitor.store.migrate import upgrade
+from monitor.store.repository import Repository
+from monitor.web import Readiness, create_app
+from monitor.wiring import polling, utc_now
+
+log = logging.getLogger(__name__)
+
+# In-flight polls get this long to finish on SIGTERM before they are abandoned.
+SHUTDOWN_GRACE_SECONDS = 5.0
+READINESS_TIMEOUT_SECONDS = 2.0
+
+
+class _EmbeddedServer(uvicorn.Server):
+    """uvicorn without its own signal handling: the worker owns SIGTERM/SIGINT."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        yield
+
+
+def bind_listener(host: str, port: int) -> socket.socket:
+    """Bind before anything else starts, so a taken port is a clear start-up error."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+    except OSError as exc:
+        raise MonitorError(
+            f"HTTP listener: cannot listen on {host}:{port} ({exc.strerror or exc}); "
+            "set MONITOR_HTTP_HOST / MONITOR_HTTP_PORT"
+        ) from exc
+    sock.listen(128)
+    sock.set_inheritable(True)
+    return sock
+
+
+def prepare_database(settings: Settings, database: Database) -> Repository:
+    """Migrate, then bring the schedule and the watchlist in line with the settings."""
+    upgrade(database)
+    repository = Repository(database)
+    charts = settings.chart_keys()
+    sync = repository.sync_charts(charts, now=utc_now())
+    log.info("charts: %d configured (%s)", len(charts), sync)
+    watch = repository.sync_watchlist(
+        settings.watched_apps(), progress=Progress("watchlist backfill", log)
+    )
+    log.info("watchlist: %d apps (%s)", len(settings.watched_apps()), watch)
+    return repository
+
+
+async def run_service(
+    settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
+) -> None:
+    """Run until SIGTERM/SIGINT. Raises MonitorError for start-up problems."""
+    listener = bind_listener(settings.http.host, settings.http.port)
+    with contextlib.closing(listener), open_database(settings.database.url, writer=True) as db:
+        repository = prepare_database(settings, db)
+        async with polling(settings, db, transport=transport) as rounds:
+            await _serve(settings, repository, rounds, listener)
+
+
+async def _serve(
+    settings: Settings, repository: Repository, rounds: PollRounds, listener: socket.socket
+) -> None:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+
+    scheduler = AsyncIOScheduler(timezone=dt.UTC)
+    scheduler.add_job(
+        rounds.tick,
+        IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
+        id="poll-ticker",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=utc_now(),
+    )
+
+    async def readiness() -> Readiness:
+        checks = {"scheduler": "ok" if scheduler.running and not stop.is_set() else "stopped"}
+        try:
+            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
+                await asyncio.to_thread(repository.schedule_status, now=utc_now())
+            checks["database"] = "ok"
+        except Exception as exc:
+            checks["database"] = f"{type(exc).__name__}: {exc}"[:200]
+        return Readiness(checks)
+
+    server = _EmbeddedServer(
+        uvicorn.Config(
+            create_app(readiness=readiness),
+            log_config=None,
+            lifespan="off",
+            access_log=False,
+        )
+    )
+    server_task = asyncio.create_task(server.serve(sockets=[listener]))
+    scheduler.start()
+    host, port = listener.getsockname()[:2]
+    log.info(
+        "app-rank-monitor %s: listening on http://%s:%s, polling every %s",
+        __version__,
+        host,
+        port,
+        settings.poll.interval,
+    )
+    try:
+        stopped = asyncio.create_task(stop.wait())
+        await asyncio.wait([stopped, server_task], return_when=asyncio.FIRST_COMPLETED)
+        stopped.cancel()
+    finally:
+        log.info("shutting down")
+        scheduler.shutdown(wait=False)
+        await rounds.stop(grace=SHUTDOWN_GRACE_SECONDS)
+        server.should_exit = True
+        await server_task
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
+    log.info("stopped")

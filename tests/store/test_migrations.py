@@ -1,0 +1,144 @@
+"""Migrations: up, down and up again with data present; drift; concurrency; the Alembic CLI."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+from sqlalchemy import inspect
+
+from monitor.store.engine import Database, open_database
+from monitor.store.migrate import (
+    check_drift,
+    current_revision,
+    downgrade,
+    head_revision,
+    upgrade,
+)
+from monitor.store.repository import Repository
+from monitor.store.tables import metadata
+from tests.conftest import REPO_ROOT
+
+from .conftest import CHATGPT, HOUR, T0, US_FREE, Poller
+
+
+def _tables(database: Database) -> set[str]:
+    with database.engine.connect() as connection:
+        return set(inspect(connection).get_table_names()) - {"alembic_version"}
+
+
+def test_upgrade_matches_the_code_and_survives_a_round_trip_with_data(
+    database_url: str,
+) -> None:
+    with open_database(database_url, writer=True) as database:
+        upgrade(database)
+        assert check_drift(database) == []
+        assert current_revision(database) == head_revision() is not None
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=T0)
+        Poller(repository, database).store(US_FREE, T0, [CHATGPT, "2"])
+
+        downgrade(database, "base")
+        assert _tables(database) == set()
+        assert current_revision(database) is None
+
+        upgrade(database)
+        assert _tables(database) == set(metadata.tables)
+        assert check_drift(database) == []
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=T0)
+        assert Poller(repository, database).store(US_FREE, T0 + HOUR, [CHATGPT]).stored
+
+
+def test_upgrading_an_up_to_date_database_changes_nothing(database_url: str) -> None:
+    with open_database(database_url, writer=True) as database:
+        upgrade(database)
+        Repository(database).sync_charts([US_FREE], now=T0)
+
+        upgrade(database)
+
+        assert Repository(database).schedule_status(now=T0).enabled == 1
+
+
+def test_drift_between_schema_and_code_is_reported(database_url: str) -> None:
+    with open_database(database_url, writer=True) as database:
+        upgrade(database)
+        with database.engine.begin() as connection:
+            connection.exec_driver_sql("DROP INDEX ix_poll_tasks_enabled_next_due_at")
+
+        drift = check_drift(database)
+
+    assert any("ix_poll_tasks_enabled_next_due_at" in line for line in drift), drift
+
+
+def test_an_unmigrated_database_is_reported_behind(database_url: str) -> None:
+    with open_database(database_url, writer=True) as database:
+        drift = check_drift(database)
+
+    assert drift[0] == f"database is at revision None, the code at {head_revision()}"
+
+
+UPGRADE = textwrap.dedent(
+    """
+    import sys
+    from monitor.store.engine import open_database
+    from monitor.store.migrate import upgrade
+    with open_database(sys.argv[1], writer=True) as database:
+        sys.stdin.readline()  # start together
+        upgrade(database)
+    """
+)
+
+
+@pytest.mark.postgres
+def test_concurrent_upgrades_from_two_processes_are_safe(postgres_url: str) -> None:
+    with contextlib.ExitStack() as stack:
+        processes = [
+            stack.enter_context(
+                subprocess.Popen(
+                    [sys.executable, "-c", UPGRADE, postgres_url],
+                    stdin=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    text=True,
+                )
+            )
+            for _ in range(2)
+        ]
+        for process in processes:  # both are connected and waiting: release them at once
+            assert process.stdin is not None
+            process.stdin.write("go\n")
+            process.stdin.close()
+        outcomes = [(process.wait(timeout=60), process.stderr.read()) for process in processes]  # type: ignore[union-attr]
+
+    assert outcomes == [(0, ""), (0, "")]
+    with open_database(postgres_url, writer=False) as database:
+        assert check_drift(database) == []
+
+
+def _alembic(*args: str, url: str) -> subprocess.CompletedProcess[str]:
+    environment = {**os.environ, "MONITOR_DATABASE_URL": url}
+    environment.pop("MONITOR_CONFIG", None)
+    return subprocess.run(
+        [sys.executable, "-m", "alembic", "-c", str(REPO_ROOT / "alembic.ini"), *args],
+        cwd=REPO_ROOT,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_alembic_command_line_upgrades_and_checks_via_the_settings(database_url: str) -> None:
+    behind = _alembic("check", url=database_url)
+    upgraded = _alembic("upgrade", "head", url=database_url)
+    checked = _alembic("check", url=database_url)
+
+    assert behind.returncode != 0
+    assert upgraded.returncode == 0, upgraded.stderr
+    assert checked.returncode == 0, checked.stderr
+    assert "No new upgrade operations detected" in checked.stdout + checked.stderr
