@@ -18,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 from monitor import __version__
 from monitor.config import Settings, load_settings, parse_duration
+from monitor.config_types import format_duration, redact_url_password
 from monitor.errors import MonitorError
 from monitor.logs import configure_logging
 from monitor.model import ALL_GENRES, ChartKey, Collection, Device, RankPoint, Store
-from monitor.output import OutputFormat, render
+from monitor.output import OutputFormat, printable, render
 from monitor.progress import Progress
+from monitor.rounds import RoundSummary
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import check_drift, current_revision, upgrade
 from monitor.store.repository import AppInfo, Repository
@@ -33,6 +36,9 @@ from monitor.wiring import polling
 from monitor.worker import prepare_database, run_service
 
 log = logging.getLogger("monitor.cli")
+
+# poll-once's outcome for a chart named with --chart that it could not poll.
+NOT_POLLED = "not_polled"
 
 FORMAT_OPTION = click.option(
     "--format",
@@ -56,6 +62,33 @@ class CliState:
     settings: Settings | None = None
 
 
+class MonitorGroup(click.Group):
+    """Turns the service's errors into exit status 2 with one line, not a traceback.
+
+    MonitorError covers what the store reports (a locked file, a failed transaction); a
+    database that cannot be reached at all fails inside SQLAlchemy or Alembic first.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MonitorError as exc:
+            raise CommandFailed(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise CommandFailed(_database_problem(ctx, exc)) from None
+
+
+def _database_problem(ctx: click.Context, exc: SQLAlchemyError) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    detail = lines[0] if lines else type(cause).__name__
+    state = ctx.find_object(CliState)
+    if state is None or state.settings is None:
+        return f"database error: {detail}"
+    url = redact_url_password(state.settings.database.url)
+    return f"cannot use the database {url}: {detail}"
+
+
 def _settings(ctx: click.Context) -> Settings:
     state: CliState = ctx.ensure_object(CliState)
     if state.settings is None:
@@ -77,36 +110,55 @@ def _open(settings: Settings, *, writer: bool) -> Database:
 @contextlib.contextmanager
 def _reading(settings: Settings) -> Iterator[Repository]:
     """A read-only repository; refuses a database without the schema instead of creating one."""
-    url = settings.database.url
-    if url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).exists():
-        raise CommandFailed(f"no database at {url}: run `app-rank-monitor poll-once` first")
     with _open(settings, writer=False) as database:
-        if current_revision(database) is None:
+        with _quiet_alembic():
+            revision = current_revision(database)
+        if revision is None:
+            url = redact_url_password(settings.database.url)
             raise CommandFailed(f"database {url} has no schema: run `app-rank-monitor migrate`")
         yield Repository(database)
 
 
-def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
-    """ISO date or datetime (UTC when no offset), or a duration ago such as `24h` or `7d`."""
-    now = now or dt.datetime.now(dt.UTC)
+@contextlib.contextmanager
+def _quiet_alembic() -> Iterator[None]:
+    """Without Alembic's INFO lines about DDL, for commands that only read the schema
+    (still shown at DEBUG)."""
+    alembic_log = logging.getLogger("alembic")
+    level, effective = alembic_log.level, alembic_log.getEffectiveLevel()
+    if effective > logging.DEBUG:
+        alembic_log.setLevel(max(logging.WARNING, effective))
     try:
-        return now - parse_duration(text)
+        yield
+    finally:
+        alembic_log.setLevel(level)
+
+
+def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
+    """ISO date or datetime (UTC when no offset), or a duration ago such as `24h` or `7d`.
+
+    ISO is tried first: `20250126` is a date, not twenty million seconds ago.
+    """
+    try:
+        parsed = dt.datetime.fromisoformat(text.strip())
     except ValueError:
         pass
+    else:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=dt.UTC)
+        return parsed.astimezone(dt.UTC)
     try:
-        parsed = dt.datetime.fromisoformat(text)
+        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
     except ValueError:
         raise click.BadParameter(
             f"{text!r} is neither an ISO date/time nor a duration like 24h or 7d"
         ) from None
-    return parsed.replace(tzinfo=dt.UTC) if parsed.tzinfo is None else parsed.astimezone(dt.UTC)
 
 
 def _time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     return None if value is None else parse_time(value)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=MonitorGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -145,12 +197,14 @@ def migrate(ctx: click.Context, check: bool) -> None:
     settings = _settings(ctx)
     with _open(settings, writer=not check) as database:
         if check:
-            drift = check_drift(database)
+            with _quiet_alembic():
+                drift = check_drift(database)
+                revision = current_revision(database)
             for line in drift:
                 click.echo(line)
             if drift:
                 sys.exit(1)
-            click.echo(f"schema matches the code (revision {current_revision(database)})")
+            click.echo(f"schema matches the code (revision {revision})")
             return
         upgrade(database)
         click.echo(f"database at revision {current_revision(database)}")
@@ -182,7 +236,7 @@ def poll_once(ctx: click.Context, chart_slugs: Sequence[str], fmt: str) -> None:
     settings = _settings(ctx)
     charts = _configured_charts(settings, chart_slugs)
 
-    async def poll(database: Database) -> Any:
+    async def poll(database: Database) -> RoundSummary:
         async with polling(settings, database) as rounds:
             return await rounds.run_round(charts)
 
@@ -198,11 +252,20 @@ def poll_once(ctx: click.Context, chart_slugs: Sequence[str], fmt: str) -> None:
             "seconds": round(r.seconds, 2),
             "error": r.error,
         }
-        for r in sorted(summary.results, key=lambda r: r.chart)
+        for r in summary.results
     ]
+    # A chart asked for by name can go unpolled: another poller (or one that died) holds its
+    # lease. Say so rather than print nothing and exit 0.
+    polled = {r.chart for r in summary.results}
+    skipped = sorted({chart for chart in charts or () if chart not in polled})
+    why = f"leased by another poller (for at most {format_duration(settings.poll.lease)})"
+    if summary.errors:
+        why += ", or its poll crashed (see the log)"
+    rows += [{"chart": chart.slug, "outcome": NOT_POLLED, "error": why} for chart in skipped]
+    rows.sort(key=lambda row: str(row["chart"]))
     columns = ["chart", "outcome", "source", "entries", "seconds", "error"]
     click.echo(render(rows, columns, OutputFormat(fmt)), nl=False)
-    if summary.failed:
+    if summary.failed or skipped:
         sys.exit(1)
 
 
@@ -246,6 +309,11 @@ def history(
     fmt: str,
 ) -> None:
     """One app's rank series: time, chart, rank or null, and why null."""
+    if since is not None and until is not None and since > until:
+        raise click.BadParameter(
+            f"--since {since.isoformat()} is after --until {until.isoformat()}",
+            param_hint="--since/--until",
+        )
     with _reading(_settings(ctx)) as repository:
         app = _one_app(repository, app_ref)
         points = repository.history(
@@ -279,17 +347,35 @@ def _point_row(point: RankPoint) -> dict[str, Any]:
     }
 
 
+APP_CANDIDATES_SHOWN = 10
+_APP_MATCHES_COUNTED = 50
+
+
 def _one_app(repository: Repository, ref: str) -> AppInfo:
-    matches = repository.find_apps(ref)
-    exact = [a for a in matches if a.store_id == ref or a.name.casefold() == ref.casefold()]
+    matches = repository.find_apps(ref, limit=_APP_MATCHES_COUNTED + 1)
+    wanted = ref.strip()
+    exact = [
+        a
+        for a in matches
+        if wanted in (a.store_id, a.bundle_id) or a.name.casefold() == wanted.casefold()
+    ]
     if len(exact) == 1:
         return exact[0]
     if len(matches) == 1:
         return matches[0]
     if not matches:
-        raise CommandFailed(f"no stored app matches {ref!r} (by store id or name)")
-    listed = "\n".join(f"  {a.store_id}  {a.name}" for a in matches[:10])
-    raise CommandFailed(f"{len(matches)} apps match {ref!r}; use the store id:\n{listed}")
+        raise CommandFailed(f"no stored app matches {ref!r} (by store id, bundle id or name)")
+    shown = matches[:APP_CANDIDATES_SHOWN]
+    lines = [f"  {a.store_id}  {printable(a.name)}" for a in shown]
+    if len(matches) > _APP_MATCHES_COUNTED:
+        count = f"more than {_APP_MATCHES_COUNTED}"
+        lines.append("  ...")
+    else:
+        count = str(len(matches))
+        if len(matches) > len(shown):
+            lines.append(f"  ... and {len(matches) - len(shown)} more")
+    listed = "\n".join(lines)
+    raise CommandFailed(f"{count} apps match {ref!r}; use the store id:\n{listed}")
 
 
 @cli.command()
@@ -311,9 +397,11 @@ def chart(
 ) -> None:
     """The chart as stored at a time (default: the latest snapshot)."""
     try:
-        key = ChartKey(Store.APPLE, country.lower(), Collection(collection), Device(device), genre)
+        key = ChartKey(
+            Store.APPLE, country.strip().lower(), Collection(collection), Device(device), genre
+        )
     except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+        raise click.BadParameter(str(exc), param_hint="--country/--genre") from None
     with _reading(_settings(ctx)) as repository:
         view = repository.chart_at(key, at)
     if view is None:
@@ -322,9 +410,19 @@ def chart(
     columns = ["rank", "store_id", "name", "developer"]
     rows = [dataclasses.asdict(entry) for entry in view.entries]
     if fmt == OutputFormat.JSON:
-        meta = {k: v for k, v in dataclasses.asdict(view).items() if k != "entries"}
-        document = {**json.loads(json.dumps(meta, default=str)), "entries": rows}
-        click.echo(json.dumps(document, indent=2, default=str))
+        # Shaped like the other commands' JSON: the chart as its slug, times in ISO 8601.
+        document = {
+            "chart": view.chart.slug,
+            "snapshot_id": view.snapshot_id,
+            "fetched_at": view.fetched_at.isoformat(),
+            "confirmed_at": view.confirmed_at.isoformat(),
+            "feed_updated_at": view.feed_updated_at.isoformat() if view.feed_updated_at else None,
+            "source": view.source.value,
+            "requested_depth": view.requested_depth,
+            "visible_depth": view.visible_depth,
+            "entries": rows,
+        }
+        click.echo(json.dumps(document, indent=2))
         return
     if fmt == OutputFormat.TABLE:
         click.echo(
