@@ -80,7 +80,7 @@ class Poller:
         """Poll one chart; never raises for feed problems (they become a recorded failure)."""
         started = time.monotonic()
         failures: list[FetchRecord] = []
-        failure_retry = self._settings.failure_retry
+        retry_in = min(self._settings.interval, self._settings.failure_retry)
         requests = feed_requests(
             claim.chart,
             depth=self._settings.depth,
@@ -104,9 +104,9 @@ class Poller:
                 )
             except (FetchError, FeedError) as exc:
                 if isinstance(exc, HostBackoff):
-                    failure_retry = max(
-                        failure_retry, dt.timedelta(seconds=exc.retry_after_seconds)
-                    )
+                    # Not capped by the interval: due before the host takes requests again,
+                    # the chart could only fail again, without even a request.
+                    retry_in = max(retry_in, dt.timedelta(seconds=exc.retry_after_seconds))
                 failures.append(
                     self._failure_record(claim.chart, request, exc, attempt_started, attempt_clock)
                 )
@@ -129,7 +129,7 @@ class Poller:
             self._repository.record_failure,
             claim,
             fetches=failures,
-            next_due_at=now + min(self._settings.interval, failure_retry),
+            next_due_at=now + retry_in,
         )
         last = failures[-1]
         return PollResult(

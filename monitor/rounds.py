@@ -13,6 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
+from monitor.errors import MonitorError
 from monitor.model import ChartKey, FetchOutcome, PollClaim
 from monitor.polling import Poller, PollResult
 from monitor.progress import Progress
@@ -69,6 +70,7 @@ class PollRounds:
         if self._stopping or self.running:
             return
         self._current = asyncio.create_task(self.run_round())
+        self._current.add_done_callback(_log_round_failure)
 
     async def run_round(self, charts: Sequence[ChartKey] | None = None) -> RoundSummary:
         """Poll every due chart (or exactly `charts`, due or not) once."""
@@ -78,6 +80,7 @@ class PollRounds:
         progress = Progress("poll round", log) if total >= PROGRESS_THRESHOLD else None
         results: list[PollResult] = []
         errors = 0
+        unclaimed = list(charts) if charts is not None else None  # named, not claimed yet
         more_to_claim = total > 0
         while not self._stopping:
             free = self._concurrency - len(self._in_flight)
@@ -87,10 +90,19 @@ class PollRounds:
                     owner=self._owner,
                     now=self._clock(),
                     lease=self._lease,
-                    limit=len(charts) if charts is not None else free,
-                    charts=charts,
+                    limit=free,
+                    charts=unclaimed[:free] if unclaimed is not None else None,
                 )
-                more_to_claim = charts is None and len(claims) == free
+                if unclaimed is not None:
+                    del unclaimed[:free]
+                    more_to_claim = bool(unclaimed)
+                else:
+                    more_to_claim = len(claims) == free
+                if self._stopping:
+                    # stop() came during the claim and cannot see these: give them back.
+                    for claim in claims:
+                        await asyncio.to_thread(self._repository.release, claim)
+                    break
                 for claim in claims:
                     self._in_flight[asyncio.create_task(self._poller.poll(claim))] = claim
             if not self._in_flight:
@@ -142,3 +154,15 @@ class PollRounds:
             await asyncio.to_thread(self._repository.release, claim)
         if abandoned:
             log.info("abandoned %d in-flight polls; their charts stay due", len(abandoned))
+
+
+def _log_round_failure(task: asyncio.Task[RoundSummary]) -> None:
+    """A round started by tick() has no one awaiting it: its failure is logged here (and so
+    retrieved), and the next tick starts a new round."""
+    if task.cancelled():
+        return
+    exc = task.exception()
+    if exc is not None:
+        # A MonitorError (the database is down) says all there is to say in its message.
+        traceback = None if isinstance(exc, MonitorError) else exc
+        log.error("poll round failed: %s: %s", type(exc).__name__, exc, exc_info=traceback)

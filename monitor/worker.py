@@ -43,18 +43,21 @@ class _EmbeddedServer(uvicorn.Server):
 
 def bind_listener(host: str, port: int) -> socket.socket:
     """Bind before anything else starts, so a taken port is a clear start-up error."""
+    sock: socket.socket | None = None
     try:
         infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
         family, kind, proto, _, address = infos[0]
         sock = socket.socket(family, kind, proto)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind(address)
+        sock.listen(128)
     except OSError as exc:
+        if sock is not None:
+            sock.close()
         raise MonitorError(
             f"HTTP listener: cannot listen on {host}:{port} ({exc.strerror or exc}); "
             "set MONITOR_HTTP_HOST / MONITOR_HTTP_PORT"
         ) from exc
-    sock.listen(128)
     sock.set_inheritable(True)
     return sock
 
