@@ -90,6 +90,7 @@ class Poller:
         for request in requests:
             attempt_started = self._clock()
             attempt_clock = time.monotonic()
+            fetched: FetchResult | None = None
             try:
                 validators = claim.validators if request.source == claim.last_source else None
                 fetched = await self._fetch_within_lease(claim, request, validators)
@@ -108,7 +109,14 @@ class Poller:
                     # the chart could only fail again, without even a request.
                     retry_in = max(retry_in, dt.timedelta(seconds=exc.retry_after_seconds))
                 failures.append(
-                    self._failure_record(claim.chart, request, exc, attempt_started, attempt_clock)
+                    self._failure_record(
+                        claim.chart,
+                        request,
+                        exc,
+                        fetched=fetched,
+                        attempt_started=attempt_started,
+                        attempt_clock=attempt_clock,
+                    )
                 )
                 log.warning(
                     "poll failed: %s via %s: %s: %s",
@@ -224,10 +232,13 @@ class Poller:
         chart: ChartKey,
         request: FeedRequest,
         exc: MonitorError,
+        *,
+        fetched: FetchResult | None,
         attempt_started: dt.datetime,
         attempt_clock: float,
     ) -> FetchRecord:
-        return FetchRecord(
+        """The failed attempt; when the body arrived but did not parse, its HTTP facts too."""
+        record = FetchRecord(
             chart=chart,
             started_at=attempt_started,
             duration_seconds=time.monotonic() - attempt_clock,
@@ -238,4 +249,13 @@ class Poller:
             attempts=exc.attempts if isinstance(exc, FetchError) else 1,
             error_class=type(exc).__name__,
             error_message=str(exc)[:ERROR_MESSAGE_LIMIT],
+        )
+        if fetched is None:
+            return record
+        return dataclasses.replace(
+            record,
+            url=fetched.url,
+            http_status=fetched.status,
+            attempts=fetched.attempts,
+            body_bytes=len(fetched.body),
         )

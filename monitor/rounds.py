@@ -13,7 +13,7 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from monitor.errors import MonitorError
+from monitor.errors import LeaseLost, MonitorError
 from monitor.model import ChartKey, FetchOutcome, PollClaim
 from monitor.polling import Poller, PollResult
 from monitor.progress import Progress
@@ -114,6 +114,10 @@ class PollRounds:
                     results.append(task.result())
                 except asyncio.CancelledError:
                     continue  # abandoned by stop(); its lease is released there
+                except LeaseLost as exc:
+                    # Expected when replicas share a database: another one owns the chart now.
+                    errors += 1
+                    log.warning("%s", exc, extra={"chart": claim.chart.slug})
                 except Exception:
                     errors += 1
                     log.exception(

@@ -32,7 +32,7 @@ def create_app(*, readiness: Callable[[], Awaitable[Readiness]]) -> FastAPI:
 
     @app.get("/readyz")
     async def readyz() -> JSONResponse:
-        """Readiness: the database answers, the schema is current, the scheduler runs."""
+        """Readiness: the database answers and the scheduler runs."""
         report = await readiness()
         return JSONResponse(
             {"ready": report.ready, "checks": report.checks},

@@ -22,7 +22,7 @@ from monitor.progress import Progress
 from monitor.rounds import PollRounds
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import upgrade
-from monitor.store.repository import Repository
+from monitor.store.repository import Repository, ScheduleStatus
 from monitor.web import Readiness, create_app
 from monitor.wiring import polling, utc_now
 
@@ -60,6 +60,37 @@ def bind_listener(host: str, port: int) -> socket.socket:
         ) from exc
     sock.set_inheritable(True)
     return sock
+
+
+class DatabaseProbe:
+    """Asks the database for the schedule's status, with at most one question in flight.
+
+    Probes arriving while one is pending share its answer, so a hung database ties up one
+    worker thread, not one per readiness probe (the poll path needs the others).
+    """
+
+    def __init__(self, repository: Repository, timeout: float) -> None:
+        self._repository = repository
+        self._timeout = timeout
+        self._pending: asyncio.Future[ScheduleStatus] | None = None
+
+    async def check(self) -> str:
+        """Return "ok", or what is wrong."""
+        pending = self._pending
+        if pending is None or pending.done():
+            pending = self._pending = asyncio.ensure_future(
+                asyncio.to_thread(self._repository.schedule_status, now=utc_now())
+            )
+            # Retrieved here too, for the case where every waiter timed out before the end.
+            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            async with asyncio.timeout(self._timeout):
+                await asyncio.shield(pending)
+        except TimeoutError:
+            return f"no answer within {self._timeout:g}s"
+        except Exception as exc:
+            return f"{type(exc).__name__}: {exc}"[:200]
+        return "ok"
 
 
 def prepare_database(settings: Settings, database: Database) -> Repository:
@@ -105,15 +136,16 @@ async def _serve(
         next_run_time=utc_now(),
     )
 
+    database_probe = DatabaseProbe(repository, READINESS_TIMEOUT_SECONDS)
+
     async def readiness() -> Readiness:
-        checks = {"scheduler": "ok" if scheduler.running and not stop.is_set() else "stopped"}
-        try:
-            async with asyncio.timeout(READINESS_TIMEOUT_SECONDS):
-                await asyncio.to_thread(repository.schedule_status, now=utc_now())
-            checks["database"] = "ok"
-        except Exception as exc:
-            checks["database"] = f"{type(exc).__name__}: {exc}"[:200]
-        return Readiness(checks)
+        running = scheduler.running and not stop.is_set()
+        return Readiness(
+            {
+                "scheduler": "ok" if running else "stopped",
+                "database": await database_probe.check(),
+            }
+        )
 
     server = _EmbeddedServer(
         uvicorn.Config(

@@ -511,6 +511,10 @@ async def test_parse_failures_are_recorded_failures_and_the_round_polls_the_othe
     assert (summary.errors, summary.failed, summary.changed) == (0, 2, 1)
     assert [r.error_class for r in h.fetches(US_GROSSING)] == ["EmptyChart"]
     assert [r.error_class for r in h.fetches(US_PAID)] == ["FeedFormatError", "FeedFormatError"]
+    # The body arrived but was no chart: the log keeps what the server answered, for debugging.
+    assert [(r.http_status, r.body_bytes) for r in h.fetches(US_PAID)] == [
+        (200, len(HTML_ERROR_PAGE))
+    ] * 2
     for chart in (US_PAID, US_GROSSING):
         task = h.task(chart)
         assert task.consecutive_failures == 1

@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
@@ -34,7 +35,7 @@ from monitor.model import ChartKey, Collection, Device, Store
 from monitor.store.engine import open_database
 from monitor.store.repository import Repository
 from monitor.wiring import utc_now
-from monitor.worker import run_service
+from monitor.worker import DatabaseProbe, run_service
 from tests.support.http_server import ScriptedServer
 from tests.test_polling import AppleFeeds, apple_server, legacy_path
 
@@ -326,3 +327,35 @@ async def test_readyz_turns_503_while_the_database_is_unavailable_and_recovers(
     assert all(r.levelno == logging.ERROR for r in failed_rounds)
     assert "StoreError: database error:" in failed_rounds[0].getMessage()
     assert "stopped" in [record.getMessage() for record in caplog.records]
+
+
+class _HangingRepository:
+    """Stands in for a repository whose database stopped answering."""
+
+    def __init__(self) -> None:
+        self.questions = 0
+        self.answer = threading.Event()
+
+    def schedule_status(self, *, now: object) -> None:
+        self.questions += 1
+        self.answer.wait(10)
+
+
+async def test_readiness_probes_share_one_database_question_while_it_hangs() -> None:
+    repository = _HangingRepository()
+    probe = DatabaseProbe(repository, timeout=0.2)  # type: ignore[arg-type]
+
+    answers = await asyncio.gather(*(probe.check() for _ in range(5)))
+    assert answers == ["no answer within 0.2s"] * 5
+    assert await probe.check() == "no answer within 0.2s"
+    # One worker thread is tied up by the hung question, not one per probe.
+    assert repository.questions == 1
+
+    repository.answer.set()
+    answers = []
+    for _ in range(100):  # the hung question ends, and the probes report it
+        answers.append(await probe.check())
+        if answers[-1] == "ok":
+            break
+        await asyncio.sleep(0.05)
+    assert answers[-1] == "ok"
