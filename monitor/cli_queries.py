@@ -1,0 +1,173 @@
+"""Read commands: history, chart, apps. They take no lock and work beside a running service."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from typing import Any
+
+import click
+
+from monitor.cli_support import FORMAT_OPTION, CommandFailed, reading, settings_of, time_option
+from monitor.model import ALL_GENRES, ChartKey, Collection, Device, RankPoint, Store
+from monitor.output import OutputFormat, printable, render
+from monitor.store.repository import AppInfo, Repository
+
+
+@click.command()
+@click.option("--app", "app_ref", required=True, help="Store id or (part of) the app name.")
+@click.option("--country", help="Two-letter storefront code, e.g. us.")
+@click.option("--collection", type=click.Choice([c.value for c in Collection]))
+@click.option("--device", type=click.Choice([d.value for d in Device]))
+@click.option(
+    "--since", callback=time_option, help="ISO date/time (UTC) or a duration ago, e.g. 7d."
+)
+@click.option("--until", callback=time_option, help="ISO date/time (UTC) or a duration ago.")
+@FORMAT_OPTION
+@click.pass_context
+def history(
+    ctx: click.Context,
+    app_ref: str,
+    country: str | None,
+    collection: str | None,
+    device: str | None,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+    fmt: str,
+) -> None:
+    """One app's rank series: time, chart, rank or null, and why null."""
+    if since is not None and until is not None and since > until:
+        raise click.BadParameter(
+            f"--since {since.isoformat()} is after --until {until.isoformat()}",
+            param_hint="--since/--until",
+        )
+    with reading(settings_of(ctx)) as repository:
+        app = _one_app(repository, app_ref)
+        points = repository.history(
+            app.id,
+            country=country.lower() if country else None,
+            collection=collection,
+            device=device,
+            since=since,
+            until=until,
+        )
+    rows = [_point_row(point) for point in points]
+    columns = ["time", "chart", "status", "rank", "depth", "error"]
+    if fmt != OutputFormat.TABLE:
+        columns[2:2] = ["store", "country", "collection", "device", "genre"]
+    click.echo(render(rows, columns, OutputFormat(fmt)), nl=False)
+
+
+def _point_row(point: RankPoint) -> dict[str, Any]:
+    return {
+        "time": point.at.isoformat(),
+        "chart": point.chart.slug,
+        "store": point.chart.store.value,
+        "country": point.chart.country,
+        "collection": point.chart.collection.value,
+        "device": point.chart.device.value,
+        "genre": point.chart.genre,
+        "status": point.status.value,
+        "rank": point.rank,
+        "depth": point.depth,
+        "error": point.error,
+    }
+
+
+APP_CANDIDATES_SHOWN = 10
+_APP_MATCHES_COUNTED = 50
+
+
+def _one_app(repository: Repository, ref: str) -> AppInfo:
+    matches = repository.find_apps(ref, limit=_APP_MATCHES_COUNTED + 1)
+    wanted = ref.strip()
+    exact = [
+        a
+        for a in matches
+        if wanted in (a.store_id, a.bundle_id) or a.name.casefold() == wanted.casefold()
+    ]
+    if len(exact) == 1:
+        return exact[0]
+    if len(matches) == 1:
+        return matches[0]
+    if not matches:
+        raise CommandFailed(f"no stored app matches {ref!r} (by store id, bundle id or name)")
+    shown = matches[:APP_CANDIDATES_SHOWN]
+    lines = [f"  {a.store_id}  {printable(a.name)}" for a in shown]
+    if len(matches) > _APP_MATCHES_COUNTED:
+        count = f"more than {_APP_MATCHES_COUNTED}"
+        lines.append("  ...")
+    else:
+        count = str(len(matches))
+        if len(matches) > len(shown):
+            lines.append(f"  ... and {len(matches) - len(shown)} more")
+    listed = "\n".join(lines)
+    raise CommandFailed(f"{count} apps match {ref!r}; use the store id:\n{listed}")
+
+
+@click.command()
+@click.option("--country", required=True, help="Two-letter storefront code, e.g. us.")
+@click.option("--collection", required=True, type=click.Choice([c.value for c in Collection]))
+@click.option("--device", type=click.Choice([d.value for d in Device]), default=Device.IPHONE.value)
+@click.option("--genre", default=ALL_GENRES, show_default=True, help="Genre id or 'all'.")
+@click.option("--at", "at", callback=time_option, help="Show the chart as stored at this time.")
+@FORMAT_OPTION
+@click.pass_context
+def chart(
+    ctx: click.Context,
+    country: str,
+    collection: str,
+    device: str,
+    genre: str,
+    at: dt.datetime | None,
+    fmt: str,
+) -> None:
+    """The chart as stored at a time (default: the latest snapshot)."""
+    try:
+        key = ChartKey(
+            Store.APPLE, country.strip().lower(), Collection(collection), Device(device), genre
+        )
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param_hint="--country/--genre") from None
+    with reading(settings_of(ctx)) as repository:
+        view = repository.chart_at(key, at)
+    if view is None:
+        when = f" at or before {at.isoformat()}" if at else ""
+        raise CommandFailed(f"no snapshot of {key} stored{when}")
+    columns = ["rank", "store_id", "name", "developer"]
+    rows = [dataclasses.asdict(entry) for entry in view.entries]
+    if fmt == OutputFormat.JSON:
+        # Shaped like the other commands' JSON: the chart as its slug, times in ISO 8601.
+        document = {
+            "chart": view.chart.slug,
+            "snapshot_id": view.snapshot_id,
+            "fetched_at": view.fetched_at.isoformat(),
+            "confirmed_at": view.confirmed_at.isoformat(),
+            "feed_updated_at": view.feed_updated_at.isoformat() if view.feed_updated_at else None,
+            "source": view.source.value,
+            "requested_depth": view.requested_depth,
+            "visible_depth": view.visible_depth,
+            "entries": rows,
+        }
+        click.echo(json.dumps(document, indent=2))
+        return
+    if fmt == OutputFormat.TABLE:
+        click.echo(
+            f"{key} fetched {view.fetched_at.isoformat()} (last confirmed "
+            f"{view.confirmed_at.isoformat()}) from {view.source}, "
+            f"{view.visible_depth} of {view.requested_depth} positions"
+        )
+    click.echo(render(rows, columns, OutputFormat(fmt)), nl=False)
+
+
+@click.command()
+@FORMAT_OPTION
+@click.pass_context
+def apps(ctx: click.Context, fmt: str) -> None:
+    """Tracked apps with their current best rank."""
+    with reading(settings_of(ctx)) as repository:
+        statuses = repository.tracked_apps()
+    rows = [status.as_row() for status in statuses]
+    columns = ["store_id", "name", "best_rank", "best_chart", "charts_listed"]
+    click.echo(render(rows, columns, OutputFormat(fmt)), nl=False)

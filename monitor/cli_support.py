@@ -1,0 +1,140 @@
+"""What every command shares: settings, database access, errors, time and format options."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+from monitor.config import Settings, load_settings, parse_duration
+from monitor.config_types import redact_url_password
+from monitor.errors import MonitorError
+from monitor.logs import configure_logging
+from monitor.output import OutputFormat
+from monitor.store.engine import Database, open_database
+from monitor.store.migrate import current_revision
+from monitor.store.repository import Repository
+
+FORMAT_OPTION = click.option(
+    "--format",
+    "fmt",
+    type=click.Choice([f.value for f in OutputFormat]),
+    default=OutputFormat.TABLE.value,
+    show_default=True,
+    help="Output format.",
+)
+
+
+class CommandFailed(click.ClickException):
+    """The command could not run at all."""
+
+    exit_code = 2
+
+
+@dataclasses.dataclass
+class CliState:
+    config_path: Path | None
+    settings: Settings | None = None
+
+
+class MonitorGroup(click.Group):
+    """Turns the service's errors into exit status 2 with one line, not a traceback.
+
+    MonitorError covers what the store reports (a locked file, a failed transaction); a
+    database that cannot be reached at all fails inside SQLAlchemy or Alembic first.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except MonitorError as exc:
+            raise CommandFailed(str(exc)) from None
+        except SQLAlchemyError as exc:
+            raise CommandFailed(database_problem(ctx, exc)) from None
+
+
+def database_problem(ctx: click.Context, exc: SQLAlchemyError) -> str:
+    cause = getattr(exc, "orig", None) or exc
+    lines = str(cause).strip().splitlines()
+    detail = lines[0] if lines else type(cause).__name__
+    state = ctx.find_object(CliState)
+    if state is None or state.settings is None:
+        return f"database error: {detail}"
+    url = redact_url_password(state.settings.database.url)
+    return f"cannot use the database {url}: {detail}"
+
+
+def settings_of(ctx: click.Context) -> Settings:
+    state: CliState = ctx.ensure_object(CliState)
+    if state.settings is None:
+        try:
+            state.settings = load_settings(state.config_path)
+        except MonitorError as exc:
+            raise CommandFailed(str(exc)) from None
+        configure_logging(state.settings.log.format, state.settings.log.level)
+    return state.settings
+
+
+def open_or_fail(settings: Settings, *, writer: bool) -> Database:
+    try:
+        return open_database(settings.database.url, writer=writer)
+    except MonitorError as exc:
+        raise CommandFailed(str(exc)) from None
+
+
+@contextlib.contextmanager
+def reading(settings: Settings) -> Iterator[Repository]:
+    """A read-only repository; refuses a database without the schema instead of creating one."""
+    with open_or_fail(settings, writer=False) as database:
+        with quiet_alembic():
+            revision = current_revision(database)
+        if revision is None:
+            url = redact_url_password(settings.database.url)
+            raise CommandFailed(f"database {url} has no schema: run `app-rank-monitor migrate`")
+        yield Repository(database)
+
+
+@contextlib.contextmanager
+def quiet_alembic() -> Iterator[None]:
+    """Without Alembic's INFO lines about DDL, for commands that only read the schema
+    (still shown at DEBUG)."""
+    alembic_log = logging.getLogger("alembic")
+    level, effective = alembic_log.level, alembic_log.getEffectiveLevel()
+    if effective > logging.DEBUG:
+        alembic_log.setLevel(max(logging.WARNING, effective))
+    try:
+        yield
+    finally:
+        alembic_log.setLevel(level)
+
+
+def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
+    """ISO date or datetime (UTC when no offset), or a duration ago such as `24h` or `7d`.
+
+    ISO is tried first: `20250126` is a date, not twenty million seconds ago.
+    """
+    try:
+        parsed = dt.datetime.fromisoformat(text.strip())
+    except ValueError:
+        pass
+    else:
+        if parsed.tzinfo is None:
+            return parsed.replace(tzinfo=dt.UTC)
+        return parsed.astimezone(dt.UTC)
+    try:
+        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
+    except ValueError:
+        raise click.BadParameter(
+            f"{text!r} is neither an ISO date/time nor a duration like 24h or 7d"
+        ) from None
+
+
+def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    return None if value is None else parse_time(value)
