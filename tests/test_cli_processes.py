@@ -4,19 +4,17 @@ read commands, and databases that are missing or unreachable."""
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
 from tests.support.fake_apple import DEEPSEEK
+from tests.support.processes import environment, free_port, monitor, wait_for
 from tests.test_cli import (
     BROKEN_CONFIG,
     US_TOP_FREE,
@@ -39,37 +37,6 @@ READ_COMMANDS = [
 def sqlite_deployment(tmp_path: Path, sqlite_url: str) -> Iterator[Deployment]:
     with deployment(tmp_path, sqlite_url) as deployed:
         yield deployed
-
-
-def monitor(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=environment(),
-        check=False,
-    )
-
-
-def environment() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 @pytest.mark.slow

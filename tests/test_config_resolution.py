@@ -4,38 +4,18 @@ from __future__ import annotations
 
 import itertools
 import json
-import textwrap
 import tomllib
 from pathlib import Path
 
 import pytest
 
 from monitor.config import Settings, load_settings
-from monitor.errors import ConfigError
 from monitor.model import ChartKey, Collection, Device, Store, WatchedApp
 from tests.conftest import REPO_ROOT
+from tests.test_config import line_of, problems_of, write
 
 SEEDS = REPO_ROOT / "seeds"
 DEFAULT_STOREFRONTS = ["us", "gb", "de", "fr", "jp", "kr", "cn", "in", "br", "ca", "au"]
-
-
-def write(directory: Path, text: str, name: str = "config.toml") -> Path:
-    path = directory / name
-    path.write_text(textwrap.dedent(text).lstrip(), encoding="utf-8")
-    return path
-
-
-def line_of(path: Path, needle: str) -> int:
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if needle in line:
-            return number
-    raise AssertionError(f"{needle!r} not in {path}")
-
-
-def problems_of(path: Path | None = None, environ: dict[str, str] | None = None) -> list[str]:
-    with pytest.raises(ConfigError) as info:
-        load_settings(path, environ or {})
-    return info.value.problems
 
 
 def shipped_storefronts() -> set[str]:

@@ -3,13 +3,10 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
-import socket
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
@@ -17,17 +14,11 @@ import pytest
 
 from tests.support.fake_apple import DEEPSEEK, DEEPSEEK_US_TOP_FREE_RANKS, FakeAppleCharts
 from tests.support.http_server import Request, Response, ScriptedServer
+from tests.support.processes import environment, free_port, monitor, wait_for
 
 pytestmark = pytest.mark.slow
 
 US_TOP_FREE_V2 = "/api/v2/us/apps/top-free/100/apps.json"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -78,30 +69,6 @@ collections = ["top_free", "top_grossing"]
     return config
 
 
-def cli(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "monitor", "--config", str(config), *args],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=clean_env(),
-        check=False,
-    )
-
-
-def clean_env() -> dict[str, str]:
-    return {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 def ready(port: int) -> bool:
     try:
         return httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200
@@ -123,17 +90,15 @@ def test_run_records_deepseek_climbing_to_number_one_and_stops_cleanly_on_sigter
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
-        env=clean_env(),
+        env=environment(),
     )
     try:
-        wait_for(lambda: ready(port), 30, "/readyz to answer 200")
+        wait_for(lambda: ready(port), "/readyz to answer 200")
         wait_for(
             lambda: len(fake_apple.requests_to(US_TOP_FREE_V2)) >= len(DEEPSEEK_US_TOP_FREE_RANKS),
-            30,
             "three polls of the US top free chart",
         )
-        # The third poll's body is served; give its write a moment before stopping.
-        time.sleep(1.0)
+        # The third poll may still be in flight: SIGTERM lets it finish (a grace of seconds).
         service.send_signal(signal.SIGTERM)
         output, _ = service.communicate(timeout=15)
     finally:
@@ -144,7 +109,7 @@ def test_run_records_deepseek_climbing_to_number_one_and_stops_cleanly_on_sigter
     assert "poll round:" in output
     assert not fake_apple.unexpected
 
-    history = cli(
+    history = monitor(
         config, "history", "--app", DEEPSEEK["id"], "--country", "us",
         "--collection", "top_free", "--format", "json",
     )  # fmt: skip
@@ -154,7 +119,9 @@ def test_run_records_deepseek_climbing_to_number_one_and_stops_cleanly_on_sigter
     assert listed[: len(DEEPSEEK_US_TOP_FREE_RANKS)] == list(DEEPSEEK_US_TOP_FREE_RANKS)
     assert {p["chart"] for p in points} == {"apple/us/top_free/iphone/all"}
 
-    chart = cli(config, "chart", "--country", "us", "--collection", "top_free", "--format", "json")
+    chart = monitor(
+        config, "chart", "--country", "us", "--collection", "top_free", "--format", "json"
+    )
     assert chart.returncode == 0, chart.stderr
     top = json.loads(chart.stdout)["entries"][:2]
     assert [e["store_id"] for e in top] == [DEEPSEEK["id"], "6448311069"]

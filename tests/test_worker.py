@@ -37,6 +37,7 @@ from monitor.store.repository import Repository
 from monitor.wiring import utc_now
 from monitor.worker import DatabaseProbe, run_service
 from tests.support.http_server import ScriptedServer
+from tests.support.processes import free_port
 from tests.test_polling import AppleFeeds, apple_server, legacy_path
 
 pytestmark = pytest.mark.anyio
@@ -54,13 +55,6 @@ def anyio_backend() -> str:
 def apple() -> Iterator[ScriptedServer]:
     with apple_server() as server:
         yield server
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def port_is_free(port: int) -> bool:

@@ -1,0 +1,44 @@
+"""Running the service's processes from tests: free ports, a clean environment, waiting."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def environment() -> dict[str, str]:
+    """This process's environment without MONITOR_* settings, so only the config file counts."""
+    return {k: v for k, v in os.environ.items() if not k.startswith("MONITOR_")}
+
+
+def monitor(config: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """`python -m monitor --config CONFIG ARGS...`, run to completion."""
+    return subprocess.run(
+        [sys.executable, "-m", "monitor", "--config", str(config), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=environment(),
+        check=False,
+    )
+
+
+def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
