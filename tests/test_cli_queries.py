@@ -252,11 +252,6 @@ def test_history_shows_fetch_failed_with_the_error_class_after_a_failed_poll(
     )  # fmt: skip
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store bug: each feed tried in a failed poll becomes its own fetch_failed point "
-    "(monitor/store/history.py reads one point per failed fetch_log row)",
-)
 def test_one_failed_poll_is_one_fetch_failed_point(tmp_path: Path, sqlite_url: str) -> None:
     points, _ = failed_poll_history(tmp_path, sqlite_url)
 

@@ -371,11 +371,6 @@ async def test_when_both_feeds_fail_the_poll_is_one_failure_retried_after_the_fa
     assert (RankStatus.FETCH_FAILED, None) in history[1:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="store/history.py makes one FETCH_FAILED point per failed fetch_log row, so a poll "
-    "that tried both feeds shows as two failures (reported, not fixed here)",
-)
 async def test_a_poll_that_failed_on_both_feeds_is_one_gap_in_history(
     sqlite_database: Database, apple: ScriptedServer
 ) -> None:

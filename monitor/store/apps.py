@@ -1,15 +1,20 @@
 """Writing the apps a snapshot lists: cheap when nothing changed, safe beside other writers.
 
-The cache maps (store, store id) to the internal id, a fingerprint of the stored metadata and
-the last_seen_at this process wrote, so an app seen before with the same metadata costs no
-statement of its own; the apps of a snapshot share one UPDATE of last_seen_at, which skips
-apps whose last_seen_at is less than LAST_SEEN_RESOLUTION old (an app listed on 175 charts
-would otherwise be rewritten 175 times an hour: PostgreSQL bloat and write time).
+An app's row is rewritten at most once per LAST_SEEN_RESOLUTION: the first sighting after
+that long moves last_seen_at and merges the metadata that sighting carried, in one UPDATE;
+sightings in between write nothing. An app listed on 175 charts would otherwise be rewritten
+175 times an hour, and one whose metadata the feeds disagree on (localized names across
+storefronts, a developer name the v2 and legacy feeds spell differently) at every sighting:
+PostgreSQL bloat, WAL and write time. So metadata follows the feeds to within the same
+resolution as last_seen_at.
+
+The cache maps each store's app ids to the internal id, the metadata as stored and the
+last_seen_at this process wrote, so an app seen lately costs a dict lookup and no statement: a
+snapshot of such apps writes nothing to `apps` at all.
 
 New apps are inserted with ON CONFLICT DO NOTHING (another process may insert the same app
 at the same moment), and metadata is merged field by field: a feed that leaves a field out
-(the v2 feed has no bundle id) never erases what another feed told us, which also keeps two
-feeds from flapping a row.
+(the v2 feed has no bundle id) never erases what another feed told us.
 """
 
 from __future__ import annotations
@@ -17,69 +22,48 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import logging
-import struct
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from sqlalchemy import Connection, Engine, bindparam, func, or_, select, text, update
 from sqlalchemy.exc import DBAPIError
 
 from monitor.model import ChartEntry, Store
-from monitor.store.sql import among, insert_ignoring_conflicts
+from monitor.store.sql import among, insert_ignoring_conflicts, per_dialect
 from monitor.store.tables import apps
 
 log = logging.getLogger(__name__)
 
 META_FIELDS = ("name", "developer", "developer_id", "bundle_id", "genre_id", "genre_name")
-_NEW_FIELDS = tuple(f"new_{field}" for field in META_FIELDS)
-_FINGERPRINT = struct.Struct(f"<{len(META_FIELDS)}q")
+# The column width of each field that has one (the rest are TEXT).
+_WIDTHS = (None, None, 32, 255, 16, None)
 LAST_SEEN_RESOLUTION = dt.timedelta(minutes=15)
 
-AppKey = tuple[str, str]
 Meta = tuple[str | None, ...]
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class Known:
+class Known(NamedTuple):
     """What this process knows of a stored app."""
 
     app_id: int
-    fingerprint: bytes  # a hash per metadata field as stored, 0 for NULL
+    meta: Meta  # in META_FIELDS order, as stored
     last_seen_at: dt.datetime | None
-    # hash() of the last feed metadata already merged into `fingerprint`: the common case
-    # (the feed says what it said last time) then costs one hash, not a merge.
-    merged_meta: int = 0
 
 
 def entry_meta(entry: ChartEntry) -> Meta:
     """The entry's metadata in META_FIELDS order, cut to the column widths."""
-    return (
+    meta = (
         entry.name,
         entry.developer,
-        _cut(entry.developer_id, 32),
-        _cut(entry.bundle_id, 255),
-        _cut(entry.genre_id, 16),
+        entry.developer_id,
+        entry.bundle_id,
+        entry.genre_id,
         entry.genre_name,
     )
-
-
-def _cut(value: str | None, width: int) -> str | None:
-    return value if value is None or len(value) <= width else value[:width]
-
-
-def _hashes(meta: Meta) -> tuple[int, ...]:
-    # 0 stands for "unknown"; a real hash of 0 only costs one redundant UPDATE.
-    return tuple(0 if value is None else hash(value) for value in meta)
-
-
-def _fingerprint(meta: Meta) -> bytes:
-    return _FINGERPRINT.pack(*_hashes(meta))
-
-
-def _merge_fingerprint(stored: bytes, meta: Meta) -> bytes:
-    old = _FINGERPRINT.unpack(stored)
-    return _FINGERPRINT.pack(
-        *(o if value is None else h for o, value, h in zip(old, meta, _hashes(meta), strict=True))
+    return tuple(
+        value if width is None or value is None or len(value) <= width else value[:width]
+        for value, width in zip(meta, _WIDTHS, strict=True)
     )
 
 
@@ -88,7 +72,7 @@ def _merge(stored: Meta, meta: Meta) -> Meta:
 
 
 class AppCache:
-    """(store, store id) -> what is known of the app, in this process only.
+    """Per store, store id -> what is known of the app, in this process only.
 
     Bounded by dropping everything when full: a cold cache costs one SELECT per snapshot
     until it is warm again, far simpler than an LRU on this hot path.
@@ -96,21 +80,29 @@ class AppCache:
 
     def __init__(self, capacity: int = 250_000) -> None:
         self.capacity = capacity
-        self._entries: dict[AppKey, Known] = {}
+        self._size = 0
+        self._stores: dict[str, dict[str, Known]] = {}
         self._lock = threading.Lock()
 
-    def get(self, key: AppKey) -> Known | None:
-        return self._entries.get(key)
+    def of(self, store: Store) -> Mapping[str, Known]:
+        return self._stores.get(store.value, {})
 
-    def update(self, entries: Mapping[AppKey, Known]) -> None:
+    def update(self, store: Store, entries: Mapping[str, Known]) -> None:
         with self._lock:
-            if len(self._entries) + len(entries) > self.capacity:
-                self._entries.clear()
-            self._entries.update(entries)
+            known = self._stores.get(store.value, {})
+            # Only new apps grow the cache: most updates refresh apps it holds already.
+            growth = sum(1 for store_id in entries if store_id not in known)
+            if self._size + growth > self.capacity:
+                self._stores = {}
+                self._size = 0
+                growth = len(entries)
+            self._stores.setdefault(store.value, {}).update(entries)
+            self._size += growth
 
     def clear(self) -> None:
         with self._lock:
-            self._entries.clear()
+            self._stores = {}
+            self._size = 0
 
 
 @dataclasses.dataclass
@@ -118,14 +110,43 @@ class AppWrite:
     """The ids of a snapshot's apps; `cache` is applied by the caller once committed."""
 
     ids: dict[str, int]
-    new: set[int]
-    cache: dict[AppKey, Known]
+    new: int
+    cache: dict[str, Known]
 
 
-_MERGE_UPDATE = (
+# Both guards keep a replayed or late older snapshot from moving last_seen_at backwards or
+# overwriting newer metadata.
+_NOT_SEEN_SINCE = or_(apps.c.last_seen_at.is_(None), apps.c.last_seen_at < bindparam("seen_at"))
+_SEEN = {
+    "last_seen_at": bindparam("seen_at"),
+    "first_seen_at": func.coalesce(apps.c.first_seen_at, bindparam("seen_at")),
+}
+_NEW_FIELDS = tuple(f"new_{field}" for field in META_FIELDS)
+_SEEN_AND_MERGE = (
     update(apps)
-    .where(apps.c.id == bindparam("app_id"))
-    .values({f: func.coalesce(bindparam(f"new_{f}"), apps.c[f]) for f in META_FIELDS})
+    .where(apps.c.id == bindparam("app_id"), _NOT_SEEN_SINCE)
+    .values(
+        {
+            **{
+                f: func.coalesce(bindparam(n), apps.c[f])
+                for f, n in zip(META_FIELDS, _NEW_FIELDS, strict=True)
+            },
+            **_SEEN,
+        }
+    )
+)
+_SEEN_ONLY = per_dialect(
+    lambda dialect: (
+        update(apps).where(among(apps.c.id, "app_ids", dialect), _NOT_SEEN_SINCE).values(**_SEEN)
+    )
+)
+_INSERT = per_dialect(
+    lambda dialect: insert_ignoring_conflicts(apps, dialect).returning(apps.c.id, apps.c.store_id)
+)
+_FIND = per_dialect(
+    lambda dialect: select(
+        apps.c.id, apps.c.store_id, apps.c.last_seen_at, *(apps.c[field] for field in META_FIELDS)
+    ).where(apps.c.store == bindparam("store"), among(apps.c.store_id, "store_ids", dialect))
 )
 
 
@@ -138,113 +159,103 @@ def write_apps(
     *,
     seen_at: dt.datetime,
 ) -> AppWrite:
-    known: dict[str, Known] = {}
-    changed: dict[int, Meta] = {}
-    missing: dict[str, Meta] = {}
-    for entry in entries:
-        meta = entry_meta(entry)
-        cached = cache.get((store.value, entry.store_id))
-        if cached is None:
-            missing[entry.store_id] = meta
-            continue
-        meta_hash = hash(meta)
-        if meta_hash != cached.merged_meta:
-            merged = _merge_fingerprint(cached.fingerprint, meta)
-            if merged != cached.fingerprint:
-                changed[cached.app_id] = meta
-            cached = dataclasses.replace(cached, fingerprint=merged, merged_meta=meta_hash)
-        known[entry.store_id] = cached
-    new: set[int] = set()
-    if missing:
-        found, new = _insert_or_find(
-            connection, dialect, store, missing, seen_at=seen_at, changed=changed
-        )
-        known.update(found)
-    if changed:
-        connection.execute(
-            _MERGE_UPDATE,
-            [
-                {"app_id": app_id, **dict(zip(_NEW_FIELDS, meta, strict=True))}
-                for app_id, meta in sorted(changed.items())
-            ],
-        )
+    cached = cache.of(store)
     stale = seen_at - LAST_SEEN_RESOLUTION
-    seen = {
-        store_id: app
-        for store_id, app in known.items()
-        if app.last_seen_at is None or app.last_seen_at < stale
-    }
-    if seen:
-        # The guard keeps a replayed or late older snapshot from moving it backwards.
-        connection.execute(
-            update(apps)
-            .where(
-                among(apps.c.id, sorted(app.app_id for app in seen.values()), dialect),
-                or_(apps.c.last_seen_at.is_(None), apps.c.last_seen_at < seen_at),
-            )
-            .values(
-                last_seen_at=seen_at,
-                first_seen_at=func.coalesce(apps.c.first_seen_at, seen_at),
-            )
+    ids: dict[str, int] = {}
+    due: list[tuple[ChartEntry, Known]] = []
+    missing: dict[str, ChartEntry] = {}
+    for entry in entries:
+        app = cached.get(entry.store_id)
+        if app is None:
+            missing[entry.store_id] = entry
+            continue
+        ids[entry.store_id] = app.app_id
+        if app.last_seen_at is None or app.last_seen_at < stale:
+            due.append((entry, app))
+    learned: dict[str, Known] = {}
+    new = 0
+    if missing:
+        inserted, existing = _insert_or_find(connection, dialect, store, missing, seen_at=seen_at)
+        new = len(inserted)
+        learned.update(inserted)
+        learned.update(existing)
+        ids.update((store_id, app.app_id) for store_id, app in learned.items())
+        due.extend(
+            (missing[store_id], app)
+            for store_id, app in existing.items()
+            if app.last_seen_at is None or app.last_seen_at < stale
         )
-        for store_id, app in seen.items():
-            known[store_id] = dataclasses.replace(app, last_seen_at=seen_at)
-    return AppWrite(
-        ids={store_id: app.app_id for store_id, app in known.items()},
-        new=new,
-        cache={(store.value, store_id): app for store_id, app in known.items()},
-    )
+    if due:
+        learned.update(_seen(connection, dialect, due, seen_at=seen_at))
+    return AppWrite(ids=ids, new=new, cache=learned)
+
+
+def _seen(
+    connection: Connection,
+    dialect: str,
+    due: Iterable[tuple[ChartEntry, Known]],
+    *,
+    seen_at: dt.datetime,
+) -> dict[str, Known]:
+    """Move last_seen_at of the apps `due` for it, merging the metadata of these sightings
+    into the rows where it changes anything."""
+    learned: dict[str, Known] = {}
+    merges: list[dict[str, Any]] = []
+    unchanged: list[int] = []
+    # Sorted, so two writers updating overlapping sets take the row locks in one order.
+    for entry, app in sorted(due, key=lambda pair: pair[1].app_id):
+        meta = entry_meta(entry)
+        merged = _merge(app.meta, meta)
+        if merged == app.meta:
+            unchanged.append(app.app_id)
+        else:
+            merges.append(
+                {
+                    "app_id": app.app_id,
+                    "seen_at": seen_at,
+                    **dict(zip(_NEW_FIELDS, meta, strict=True)),
+                }
+            )
+        learned[entry.store_id] = Known(app.app_id, merged, seen_at)
+    if merges:
+        connection.execute(_SEEN_AND_MERGE, merges)
+    if unchanged:
+        connection.execute(_SEEN_ONLY[dialect], {"app_ids": unchanged, "seen_at": seen_at})
+    return learned
 
 
 def _insert_or_find(
     connection: Connection,
     dialect: str,
     store: Store,
-    missing: Mapping[str, Meta],
+    missing: Mapping[str, ChartEntry],
     *,
     seen_at: dt.datetime,
-    changed: dict[int, Meta],
-) -> tuple[dict[str, Known], set[int]]:
+) -> tuple[dict[str, Known], dict[str, Known]]:
     """Insert the apps not in the cache; read those another writer (or an earlier run of this
-    process) stored already, noting in `changed` the ones whose metadata moved."""
+    process) stored already. Returns what is known of the inserted and of the existing ones."""
+    meta = {store_id: entry_meta(entry) for store_id, entry in missing.items()}
     # Sorted, so two writers inserting overlapping sets take the index locks in one order.
     rows = [
         {
             "store": store.value,
             "store_id": store_id,
-            **dict(zip(META_FIELDS, meta, strict=True)),
+            **dict(zip(META_FIELDS, meta[store_id], strict=True)),
             "first_seen_at": seen_at,
             "last_seen_at": seen_at,
         }
-        for store_id, meta in sorted(missing.items())
+        for store_id in sorted(missing)
     ]
-    inserted = connection.execute(
-        insert_ignoring_conflicts(apps, dialect).returning(apps.c.id, apps.c.store_id), rows
-    ).all()
-    known = {
-        store_id: Known(app_id, _fingerprint(missing[store_id]), seen_at, hash(missing[store_id]))
-        for app_id, store_id in inserted
+    inserted = {
+        store_id: Known(app_id, meta[store_id], seen_at)
+        for app_id, store_id in connection.execute(_INSERT[dialect], rows)
     }
-    new = {app.app_id for app in known.values()}
-    existing = [store_id for store_id in missing if store_id not in known]
-    if existing:
-        found = connection.execute(
-            select(
-                apps.c.id,
-                apps.c.store_id,
-                apps.c.last_seen_at,
-                *(apps.c[field] for field in META_FIELDS),
-            ).where(apps.c.store == store.value, among(apps.c.store_id, existing, dialect))
-        )
-        for row in found:
-            stored: Meta = tuple(row[3:])
-            merged = _merge(stored, missing[row.store_id])
-            if merged != stored:
-                changed[row.id] = missing[row.store_id]
-            known[row.store_id] = Known(
-                row.id, _fingerprint(merged), row.last_seen_at, hash(missing[row.store_id])
-            )
-    return known, new
+    others = [store_id for store_id in missing if store_id not in inserted]
+    existing: dict[str, Known] = {}
+    if others:
+        found = connection.execute(_FIND[dialect], {"store": store.value, "store_ids": others})
+        existing = {row.store_id: Known(row.id, tuple(row[3:]), row.last_seen_at) for row in found}
+    return inserted, existing
 
 
 class GrowthAnalyzer:

@@ -6,9 +6,11 @@ table holds exactly what the snapshots say.
 
 Race on PostgreSQL: a snapshot writer reads "which apps are tracked" while `sync_watchlist`
 marks new ones and then backfills from the snapshots committed so far. Writers hold a shared
-advisory lock from that read to their commit and the watchlist change takes it exclusively,
-so each snapshot is either written after the mark (and derives its own rows) or committed
-before the backfill scans it.
+advisory lock from before that read to their commit and the watchlist change takes it
+exclusively, so each snapshot is either written after the mark (and derives its own rows) or
+committed before the backfill scans it. Writers take the lock in the first statement of their
+transaction (`holding_shared`): no round trip of its own, and no apps row locked before it
+(the watchlist change, holding it exclusively, updates apps rows).
 """
 
 from __future__ import annotations
@@ -17,12 +19,12 @@ import itertools
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Engine, delete, false, func, select, true, update
+from sqlalchemy import Connection, Engine, Update, delete, false, func, select, true, update
 
 from monitor.model import WatchedApp
 from monitor.store import packing
 from monitor.store.results import WatchlistSync
-from monitor.store.sql import in_transaction, insert_ignoring_conflicts, reading
+from monitor.store.sql import in_transaction, insert_ignoring_conflicts, per_dialect, reading
 from monitor.store.tables import app_ranks, apps, snapshots
 
 Progress = Callable[[int, int], None]
@@ -30,12 +32,14 @@ Progress = Callable[[int, int], None]
 # Any 64-bit number unique within this schema; "apprank" in ASCII.
 DERIVED_LOCK_KEY = 0x61707072616E6B
 SNAPSHOTS_PER_BATCH = 2_000
-_ROWS_PER_INSERT = 1_000
 
 
-def hold_shared(connection: Connection, dialect: str) -> None:
+def holding_shared(statement: Update, dialect: str) -> Update:
+    """`statement`, which must return exactly one row, also taking the shared lock on
+    PostgreSQL (a RETURNING expression is evaluated per row, and only if the row matched)."""
     if dialect == "postgresql":
-        connection.execute(select(func.pg_advisory_xact_lock_shared(DERIVED_LOCK_KEY)))
+        return statement.returning(func.pg_advisory_xact_lock_shared(DERIVED_LOCK_KEY))
+    return statement
 
 
 def hold_exclusive(connection: Connection, dialect: str) -> None:
@@ -43,14 +47,18 @@ def hold_exclusive(connection: Connection, dialect: str) -> None:
         connection.execute(select(func.pg_advisory_xact_lock(DERIVED_LOCK_KEY)))
 
 
+# One statement whatever the row count, run as an executemany: SQLAlchemy batches the rows
+# into multi-row VALUES itself ("insertmanyvalues") and the compiled form is reused. Counted
+# from RETURNING: psycopg reports no rowcount for a multi-row VALUES insert.
+_INSERT_RANKS = per_dialect(
+    lambda dialect: insert_ignoring_conflicts(app_ranks, dialect).returning(app_ranks.c.app_id)
+)
+
+
 def insert_ranks(connection: Connection, dialect: str, rows: Sequence[dict[str, Any]]) -> int:
-    written = 0
-    for start in range(0, len(rows), _ROWS_PER_INSERT):
-        chunk = rows[start : start + _ROWS_PER_INSERT]
-        # Counted from RETURNING: psycopg reports no rowcount for a multi-row VALUES insert.
-        statement = insert_ignoring_conflicts(app_ranks, dialect).values(chunk)
-        written += len(connection.execute(statement.returning(app_ranks.c.app_id)).all())
-    return written
+    if not rows:
+        return 0
+    return len(connection.execute(_INSERT_RANKS[dialect], rows).all())
 
 
 def sync_watchlist(

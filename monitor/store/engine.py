@@ -7,10 +7,13 @@ writer opened with BEGIN IMMEDIATE so that two writers queue at BEGIN instead of
 enforced by an OS lock on `<file>.lock` (released by the kernel if the process dies).
 Readers run with `query_only` so a read-only command can never write beside the writer.
 
-PostgreSQL: psycopg 3, pre-ping (connections survive a server restart), UTC sessions and
+PostgreSQL: psycopg 3, connections that survive a server restart, UTC sessions and
 statement/lock timeouts so a stuck lock surfaces as an error instead of a hung poll; readers'
-transactions are read-only. Several writers may share a PostgreSQL database (replicas): the
-poll leases keep them apart.
+transactions are read-only. A pooled connection is pinged before use only after an idle spell
+(between poll rounds, when a restart would go unnoticed): pinging every checkout costs a round
+trip per transaction, and a busy connection the server dropped fails its transaction, which
+sql.in_transaction runs again on a fresh one. Several writers may share a PostgreSQL database
+(replicas): the poll leases keep them apart.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import time
 from pathlib import Path
 from types import TracebackType
 from typing import IO, Any, Self
 
 from sqlalchemy import Connection, Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from monitor.errors import DatabaseLocked, StoreError
 
@@ -32,6 +36,8 @@ SQLITE_BUSY_TIMEOUT_MS = 5_000
 POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
 POSTGRES_LOCK_TIMEOUT_MS = 10_000
 POSTGRES_POOL_SIZE = 4
+POSTGRES_PING_AFTER_IDLE_S = 10.0
+_IDLE_SINCE = "monitor_idle_since"
 _POSTGRES_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg"}
 
 
@@ -152,7 +158,6 @@ def _open_postgres(url: URL, *, writer: bool) -> Database:
         options += " -c default_transaction_read_only=on"
     engine = create_engine(
         url,
-        pool_pre_ping=True,
         pool_size=POSTGRES_POOL_SIZE,
         max_overflow=POSTGRES_POOL_SIZE,
         pool_recycle=1800,
@@ -162,7 +167,25 @@ def _open_postgres(url: URL, *, writer: bool) -> Database:
             "application_name": "app-rank-monitor" if writer else "app-rank-monitor (read)",
         },
     )
+    _ping_when_idle(engine)
     return Database(engine, writer=writer, lock=None)
+
+
+def _ping_when_idle(engine: Engine) -> None:
+    @event.listens_for(engine, "checkin")
+    def _on_checkin(_dbapi_connection: Any, record: Any) -> None:
+        record.info[_IDLE_SINCE] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _on_checkout(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        idle_since = record.info.get(_IDLE_SINCE)
+        if idle_since is None or time.monotonic() - idle_since < POSTGRES_PING_AFTER_IDLE_S:
+            return
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except engine.dialect.loaded_dbapi.Error as exc:
+            # The pool's cue to discard this connection and check out a fresh one.
+            raise DisconnectionError(f"pooled connection lost: {exc}") from exc
 
 
 class _WriterLock:

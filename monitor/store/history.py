@@ -1,7 +1,8 @@
 """One app's rank history: LISTED, BELOW_DEPTH and FETCH_FAILED points, kept apart.
 
 A tracked app's points come from `app_ranks` joined to the snapshots of its charts; an
-untracked app's are computed from the packed rankings (slower, same answer).
+untracked app's are computed from the packed rankings (slower, same answer). FETCH_FAILED
+points come from the fetch log, one per failed poll however many feeds it tried.
 """
 
 from __future__ import annotations
@@ -138,20 +139,31 @@ def _failure_points(
     since: dt.datetime | None,
     until: dt.datetime | None,
 ) -> list[RankPoint]:
+    """One point per poll that got no chart at all, at the time the poll started, carrying the
+    error of its last fetch (a poll tries a feed, then its fallback: one row each)."""
+    poll = func.coalesce(fetch_log.c.poll_started_at, fetch_log.c.started_at)
     rows = connection.execute(
-        select(fetch_log.c.chart_id, fetch_log.c.started_at, fetch_log.c.error_class).where(
+        select(fetch_log.c.chart_id, poll.label("poll"), fetch_log.c.error_class)
+        .where(
             fetch_log.c.chart_id.in_(keys),
             fetch_log.c.outcome == FetchOutcome.FAILED.value,
             fetch_log.c.recovered == false(),
-            *between(fetch_log.c.started_at, since, until),
+            # Implied by the bound on the poll (a fetch never starts before its poll), and
+            # what narrows the scan of the primary key.
+            *between(fetch_log.c.started_at, since, None),
+            *between(poll, since, until),
         )
+        .order_by(fetch_log.c.chart_id, fetch_log.c.started_at)
     )
+    errors: dict[tuple[int, dt.datetime], str | None] = {}
+    for row in rows:  # in fetch order, so the last fetch of each poll has the last word
+        errors[(row.chart_id, row.poll)] = row.error_class
     return [
         RankPoint(
-            at=row.started_at,
-            chart=keys[row.chart_id],
+            at=poll_started_at,
+            chart=keys[chart_id],
             status=RankStatus.FETCH_FAILED,
-            error=row.error_class or "unknown",
+            error=error or "unknown",
         )
-        for row in rows
+        for (chart_id, poll_started_at), error in errors.items()
     ]

@@ -8,8 +8,13 @@ All datetimes are timezone-aware UTC.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
+import threading
 from collections.abc import Callable, Sequence
+from typing import TypeVar
+
+from sqlalchemy import Connection
 
 from monitor.model import (
     ChartKey,
@@ -53,6 +58,7 @@ __all__ = [
 ]
 
 Progress = Callable[[int, int], None]
+T = TypeVar("T")
 
 
 class Repository:
@@ -61,15 +67,23 @@ class Repository:
         self._dialect = database.dialect
         self._charts = schedule.ChartCatalog()
         self._apps = AppCache()
+        self._latest = snapshots.LatestSnapshots()
         self._analyzer = GrowthAnalyzer(self._dialect)
+        # SQLite has one writer at a time; threads of this process queue here instead of in
+        # SQLite's busy handler, which sleeps in growing steps and wastes most of the wait.
+        self._write_turn: contextlib.AbstractContextManager[object] = (
+            threading.Lock() if self._dialect == "sqlite" else contextlib.nullcontext()
+        )
+
+    def _transaction(self, work: Callable[[Connection], T]) -> T:
+        with self._write_turn:
+            return in_transaction(self._engine, work)
 
     # -- poll schedule -------------------------------------------------------------------
 
     def sync_charts(self, charts: Sequence[ChartKey], *, now: dt.datetime) -> ChartSync:
         """Schedule exactly `charts`: new ones due now, others disabled (history kept)."""
-        return in_transaction(
-            self._engine, lambda c: schedule.sync_charts(c, self._dialect, charts, now=now)
-        )
+        return self._transaction(lambda c: schedule.sync_charts(c, self._dialect, charts, now=now))
 
     def claim_due(
         self,
@@ -82,8 +96,7 @@ class Repository:
     ) -> list[PollClaim]:
         """Lease up to `limit` due charts, oldest due first; with `charts`, lease those (if
         enabled and not leased) whether due or not."""
-        return in_transaction(
-            self._engine,
+        return self._transaction(
             lambda c: schedule.claim_due(
                 c,
                 self._dialect,
@@ -108,21 +121,22 @@ class Repository:
     ) -> SnapshotWrite:
         """Store a fetched chart, its derived ranks, the fetch log and the schedule advance in
         one transaction. Raises LeaseLost (writing nothing) if the claim was superseded."""
-        written = in_transaction(
-            self._engine,
+        written = self._transaction(
             lambda c: snapshots.write_snapshot(
                 c,
                 self._dialect,
                 self._apps,
                 claim,
                 snapshot,
+                known_latest=self._latest.get(claim),
                 content_hash=content_hash,
                 validators=validators,
                 fetches=fetches,
                 next_due_at=next_due_at,
             ),
         )
-        self._apps.update(written.cache)
+        self._apps.update(claim.chart.store, written.apps)
+        self._latest.put(claim, written.latest)
         self._analyzer.grew(self._engine, written.result.new_apps)
         return written.result
 
@@ -135,32 +149,34 @@ class Repository:
         next_due_at: dt.datetime,
     ) -> None:
         """The feed served the content of the latest snapshot again (or HTTP 304)."""
-        in_transaction(
-            self._engine,
+        latest = self._transaction(
             lambda c: snapshots.write_unchanged(
                 c,
                 self._dialect,
                 claim,
+                known_latest=self._latest.get(claim),
                 validators=validators,
                 fetches=fetches,
                 next_due_at=next_due_at,
             ),
         )
+        self._latest.put(claim, latest)
 
     def record_failure(
         self, claim: PollClaim, *, fetches: Sequence[FetchRecord], next_due_at: dt.datetime
     ) -> None:
         """Every attempt of the poll failed: log them, count the failure, retry later."""
-        in_transaction(
-            self._engine,
+        self._transaction(
             lambda c: snapshots.write_failure(
                 c, self._dialect, claim, fetches=fetches, next_due_at=next_due_at
             ),
         )
+        # No snapshot was written: what was known of the latest one stays true.
+        self._latest.put(claim, self._latest.get(claim))
 
     def release(self, claim: PollClaim) -> None:
         """Give a lease back unpolled (shutdown); a no-op if it was lost meanwhile."""
-        in_transaction(self._engine, lambda c: schedule.release(c, claim))
+        self._transaction(lambda c: schedule.release(c, claim))
 
     def schedule_status(self, *, now: dt.datetime) -> ScheduleStatus:
         return reading(self._engine, lambda c: schedule.status(c, now=now))

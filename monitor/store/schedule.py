@@ -14,12 +14,25 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, case, func, or_, select, true, type_coerce, update
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Update,
+    and_,
+    bindparam,
+    case,
+    func,
+    or_,
+    select,
+    true,
+    type_coerce,
+    update,
+)
 
 from monitor.errors import LeaseLost
 from monitor.model import ChartKey, Collection, Device, PollClaim, SourceName, Store, Validators
 from monitor.store.results import ChartSync, ScheduleStatus
-from monitor.store.sql import among, insert_ignoring_conflicts
+from monitor.store.sql import among, insert_ignoring_conflicts, per_dialect
 from monitor.store.tables import UtcDateTime, charts, poll_tasks
 
 _CHART_COLUMNS = (charts.c.store, charts.c.country, charts.c.collection, charts.c.device)
@@ -50,9 +63,11 @@ class ChartCatalog:
         self._ids: dict[ChartKey, int] = {}
         self._lock = threading.Lock()
 
+    # Membership is tested key by key: `set - dict.keys()` walks the whole catalog, hashing
+    # every ChartKey, on each claim.
     def keys(self, connection: Connection, chart_ids: Iterable[int]) -> dict[int, ChartKey]:
         wanted = set(chart_ids)
-        missing = wanted - self._keys.keys()
+        missing = [chart_id for chart_id in wanted if chart_id not in self._keys]
         if missing:
             rows = connection.execute(
                 select(charts.c.id, *_CHART_COLUMNS, charts.c.genre).where(charts.c.id.in_(missing))
@@ -62,7 +77,7 @@ class ChartCatalog:
 
     def ids(self, connection: Connection, keys: Iterable[ChartKey]) -> dict[ChartKey, int]:
         wanted = set(keys)
-        if wanted - self._ids.keys():
+        if any(key not in self._ids for key in wanted):
             rows = connection.execute(select(charts.c.id, *_CHART_COLUMNS, charts.c.genre))
             self._remember((row.id, key) for row in rows if (key := _key_or_none(row)))
         return {key: self._ids[key] for key in wanted if key in self._ids}
@@ -119,6 +134,56 @@ def sync_charts(
     return ChartSync(added=len(added), reenabled=reenabled, disabled=disabled, enabled=len(keys))
 
 
+def _named_enabled(dialect: str) -> ColumnElement[bool]:
+    enabled = poll_tasks.c.enabled == true()
+    # Without statistics SQLite takes an equality on `enabled` for a selective index probe and
+    # walks the (enabled, next_due_at) index over every chart; told that nearly every chart is
+    # enabled, it reads the few named ones by primary key and sorts them.
+    return func.likely(enabled) if dialect == "sqlite" else enabled
+
+
+def _claim(dialect: str, *, named: bool) -> Update:
+    """Lease up to :limit claimable charts, oldest due first, in one statement: the due ones,
+    or those among :chart_ids. Claimers on PostgreSQL skip rows another one has locked."""
+    lease_free = or_(
+        poll_tasks.c.lease_expires_at.is_(None), poll_tasks.c.lease_expires_at <= bindparam("now")
+    )
+    chosen = (
+        [among(poll_tasks.c.chart_id, "chart_ids", dialect), _named_enabled(dialect)]
+        if named
+        else [poll_tasks.c.enabled == true(), poll_tasks.c.next_due_at <= bindparam("now")]
+    )
+    claimable = (
+        select(poll_tasks.c.chart_id)
+        .where(*chosen, lease_free)
+        .order_by(poll_tasks.c.next_due_at, poll_tasks.c.chart_id)
+        .limit(bindparam("limit"))
+        .with_for_update(skip_locked=True)
+    )
+    return (
+        update(poll_tasks)
+        .where(poll_tasks.c.chart_id.in_(claimable))
+        .values(
+            lease_owner=bindparam("owner"),
+            lease_expires_at=bindparam("expires"),
+            fencing_token=poll_tasks.c.fencing_token + 1,
+        )
+        .returning(
+            poll_tasks.c.chart_id,
+            poll_tasks.c.fencing_token,
+            poll_tasks.c.next_due_at,
+            poll_tasks.c.etag,
+            poll_tasks.c.last_modified,
+            poll_tasks.c.last_hash,
+            poll_tasks.c.last_source,
+        )
+    )
+
+
+_CLAIM_DUE = per_dialect(lambda dialect: _claim(dialect, named=False))
+_CLAIM_NAMED = per_dialect(lambda dialect: _claim(dialect, named=True))
+
+
 def claim_due(
     connection: Connection,
     dialect: str,
@@ -132,46 +197,20 @@ def claim_due(
 ) -> list[PollClaim]:
     if limit <= 0:
         return []
-    lease_free = or_(poll_tasks.c.lease_expires_at.is_(None), poll_tasks.c.lease_expires_at <= now)
-    conditions = [poll_tasks.c.enabled == true(), lease_free]
+    expires = now + lease
+    parameters: dict[str, Any] = {"now": now, "limit": limit, "owner": owner, "expires": expires}
     if charts_wanted is None:
-        conditions.append(poll_tasks.c.next_due_at <= now)
+        statement = _CLAIM_DUE[dialect]
     else:
         ids = catalog.ids(connection, charts_wanted)
         if not ids:
             return []
-        conditions.append(poll_tasks.c.chart_id.in_(ids.values()))
-    due = (
-        select(poll_tasks.c.chart_id)
-        .where(*conditions)
-        .order_by(poll_tasks.c.next_due_at, poll_tasks.c.chart_id)
-        .limit(limit)
-        .with_for_update(skip_locked=True)
+        statement = _CLAIM_NAMED[dialect]
+        parameters["chart_ids"] = sorted(ids.values())
+    rows = sorted(
+        connection.execute(statement, parameters), key=lambda row: (row.next_due_at, row.chart_id)
     )
-    chart_ids = list(connection.scalars(due))
-    if not chart_ids:
-        return []
-    expires = now + lease
-    rows = connection.execute(
-        update(poll_tasks)
-        .where(among(poll_tasks.c.chart_id, chart_ids, dialect))
-        .values(
-            lease_owner=owner,
-            lease_expires_at=expires,
-            fencing_token=poll_tasks.c.fencing_token + 1,
-        )
-        .returning(
-            poll_tasks.c.chart_id,
-            poll_tasks.c.fencing_token,
-            poll_tasks.c.next_due_at,
-            poll_tasks.c.etag,
-            poll_tasks.c.last_modified,
-            poll_tasks.c.last_hash,
-            poll_tasks.c.last_source,
-        )
-    ).all()
-    keys = catalog.keys(connection, chart_ids)
-    rows = sorted(rows, key=lambda row: (row.next_due_at, row.chart_id))
+    keys = catalog.keys(connection, [row.chart_id for row in rows])
     return [
         PollClaim(
             chart_id=row.chart_id,
@@ -186,17 +225,32 @@ def claim_due(
     ]
 
 
-def complete(connection: Connection, claim: PollClaim, values: Mapping[str, Any]) -> None:
+_FENCE = (poll_tasks.c.chart_id == bindparam("fenced_chart_id")) & (
+    poll_tasks.c.fencing_token == bindparam("fenced_token")
+)
+# The columns to advance come from the parameters of each call, so one statement serves every
+# kind of completion and is compiled once per set of columns.
+COMPLETE = update(poll_tasks).where(_FENCE).values(lease_owner=None, lease_expires_at=None)
+COMPLETE_FAILED = COMPLETE.values(consecutive_failures=poll_tasks.c.consecutive_failures + 1)
+
+
+def complete(
+    connection: Connection,
+    claim: PollClaim,
+    values: Mapping[str, Any],
+    *,
+    statement: Update = COMPLETE,
+) -> None:
     """Advance the schedule and give the lease back, only if the claim is still current.
 
     This is the fencing check: it runs first in every completing transaction (and on
     PostgreSQL locks the row, serializing completions of one chart); zero rows means another
-    worker claimed the chart since, and raising here rolls back everything.
+    worker claimed the chart since, and raising here rolls back everything. `statement` is
+    COMPLETE, COMPLETE_FAILED (one more consecutive failure) or one of them extended ahead of
+    time, e.g. with a RETURNING that takes a lock the rest of the transaction needs.
     """
     result = connection.execute(
-        update(poll_tasks)
-        .where(poll_tasks.c.chart_id == claim.chart_id, poll_tasks.c.fencing_token == claim.token)
-        .values(lease_owner=None, lease_expires_at=None, **values)
+        statement, {"fenced_chart_id": claim.chart_id, "fenced_token": claim.token, **values}
     )
     if result.rowcount != 1:
         raise LeaseLost(
@@ -206,11 +260,7 @@ def complete(connection: Connection, claim: PollClaim, values: Mapping[str, Any]
 
 
 def release(connection: Connection, claim: PollClaim) -> None:
-    connection.execute(
-        update(poll_tasks)
-        .where(poll_tasks.c.chart_id == claim.chart_id, poll_tasks.c.fencing_token == claim.token)
-        .values(lease_owner=None, lease_expires_at=None)
-    )
+    connection.execute(COMPLETE, {"fenced_chart_id": claim.chart_id, "fenced_token": claim.token})
 
 
 def status(connection: Connection, *, now: dt.datetime) -> ScheduleStatus:

@@ -3,34 +3,131 @@
 Every path starts with the fenced schedule update (schedule.complete), so a worker that lost
 its lease is stopped before it writes anything. Content equal to the previous snapshot writes
 no snapshot: the previous one's `confirmed_at` moves forward instead.
+
+Statements are built once, at import: a write only binds parameters. A warm snapshot write is
+four statements (fence, snapshot with the tracked apps, derived ranks when a tracked app is
+listed, fetch log): the latest snapshot of the chart comes from LatestSnapshots when this
+process wrote it, and apps seen lately are not written (apps.py).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import json
+import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, ScalarSelect, Text, bindparam, cast, func, select, update
 
 from monitor.model import ChartSnapshot, FetchOutcome, FetchRecord, PollClaim, Validators
 from monitor.store import apps as app_writes
 from monitor.store import derived, packing, schedule
-from monitor.store.apps import AppCache, AppKey, Known
+from monitor.store.apps import AppCache, Known
 from monitor.store.results import SnapshotWrite, TrackedRankChange
-from monitor.store.sql import insert_ignoring_conflicts
-from monitor.store.tables import apps, fetch_log, poll_tasks, snapshots
+from monitor.store.sql import insert_ignoring_conflicts, per_dialect
+from monitor.store.tables import apps, fetch_log, snapshots
 
 _ERROR_MESSAGE_CHARS = 2_000
 _SMALLINT_MAX = 32_767
 _INT_MAX = 2**31 - 1
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class Latest:
+    """The latest snapshot of a chart (by fetch time): what a write compares with."""
+
+    snapshot_id: int
+    fetched_at: dt.datetime
+    content_hash: bytes
+    ranked_app_ids: bytes
+
+
+class LatestSnapshots:
+    """Chart id -> its latest snapshot, as known after this process's last completion of it.
+
+    An entry is kept with the fencing token of that completion. Every claim bumps the token by
+    one, so a claim holding that token or the next one is proof that no other worker has
+    completed the chart since (a stale one is fenced out), and the entry saves reading the
+    snapshot back. Any other token means the entry may be stale: it is not used.
+    """
+
+    def __init__(self) -> None:
+        self._charts: dict[int, tuple[int, Latest]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, claim: PollClaim) -> Latest | None:
+        entry = self._charts.get(claim.chart_id)
+        if entry is None or not 0 <= claim.token - entry[0] <= 1:
+            return None
+        return entry[1]
+
+    def put(self, claim: PollClaim, latest: Latest | None) -> None:
+        """After a committed completion under `claim`; None when the latest is not known."""
+        with self._lock:
+            entry = self._charts.get(claim.chart_id)
+            if entry is not None and entry[0] > claim.token:
+                return  # a later completion got here first: its entry is the newer one
+            if latest is None:
+                self._charts.pop(claim.chart_id, None)
+            else:
+                self._charts[claim.chart_id] = (claim.token, latest)
+
+
 @dataclasses.dataclass(frozen=True)
 class Written:
     result: SnapshotWrite
-    cache: dict[AppKey, Known]
+    apps: dict[str, Known]
+    latest: Latest | None
+
+
+_COMPLETE_AND_LOCK = per_dialect(lambda d: derived.holding_shared(schedule.COMPLETE, d))
+_SNAPSHOT_COLUMNS = (
+    snapshots.c.id,
+    snapshots.c.fetched_at,
+    snapshots.c.content_hash,
+    snapshots.c.ranked_app_ids,
+)
+_LATEST = (
+    select(*_SNAPSHOT_COLUMNS)
+    .where(snapshots.c.chart_id == bindparam("chart_id"))
+    .order_by(snapshots.c.fetched_at.desc())
+    .limit(1)
+)
+_LATEST_UP_TO = _LATEST.where(snapshots.c.fetched_at <= bindparam("fetched_at"))
+_SNAPSHOT_AT = select(snapshots.c.id).where(
+    snapshots.c.chart_id == bindparam("chart_id"),
+    snapshots.c.fetched_at == bindparam("fetched_at"),
+)
+
+
+def _tracked_apps(dialect: str) -> ScalarSelect[Any]:
+    """Every tracked app as a JSON object, app id -> store id: a probe of a small partial index
+    (an IN list of the snapshot's apps would be a plan over the table)."""
+    if dialect == "postgresql":
+        as_json: Any = cast(func.json_object_agg(apps.c.id, apps.c.store_id), Text)
+    else:
+        as_json = func.json_group_object(apps.c.id, apps.c.store_id)
+    return select(as_json).where(apps.c.tracked).scalar_subquery()
+
+
+# The tracked apps come back with the new snapshot's id: read in this transaction after the
+# fence took the lock that guards them (derived.py), without a round trip of their own.
+_INSERT_SNAPSHOT = per_dialect(
+    lambda d: insert_ignoring_conflicts(snapshots, d).returning(
+        snapshots.c.id, _tracked_apps(d).label("tracked")
+    )
+)
+_CONFIRM = (
+    update(snapshots)
+    .where(
+        snapshots.c.id == bindparam("snapshot_id"),
+        snapshots.c.confirmed_at < bindparam("at"),
+    )
+    .values(confirmed_at=bindparam("at"))
+)
+_LOG_FETCHES = per_dialect(lambda d: insert_ignoring_conflicts(fetch_log, d))
 
 
 def write_snapshot(
@@ -40,14 +137,17 @@ def write_snapshot(
     claim: PollClaim,
     snapshot: ChartSnapshot,
     *,
+    known_latest: Latest | None,
     content_hash: str,
     validators: Validators,
     fetches: Sequence[FetchRecord],
     next_due_at: dt.datetime,
 ) -> Written:
+    """`known_latest` is LatestSnapshots' entry for the claim, if it has a valid one."""
     if snapshot.chart != claim.chart:
         raise ValueError(f"snapshot of {snapshot.chart} recorded under a claim on {claim.chart}")
     success = _last_success(fetches)
+    # Taking the lock that guards the tracked-apps read below, before any apps row is locked.
     schedule.complete(
         connection,
         claim,
@@ -56,35 +156,29 @@ def write_snapshot(
             "last_hash": content_hash,
             "last_source": snapshot.source.value,
         },
+        statement=_COMPLETE_AND_LOCK[dialect],
     )
     digest = packing.hash_bytes(content_hash)
-    previous = connection.execute(
-        select(
-            snapshots.c.id,
-            snapshots.c.fetched_at,
-            snapshots.c.content_hash,
-            snapshots.c.ranked_app_ids,
+    latest = known_latest or _read(connection, _LATEST, chart_id=claim.chart_id)
+    previous = latest
+    if latest is not None and latest.fetched_at > snapshot.fetched_at:  # a late, older fetch
+        previous = _read(
+            connection, _LATEST_UP_TO, chart_id=claim.chart_id, fetched_at=snapshot.fetched_at
         )
-        .where(
-            snapshots.c.chart_id == claim.chart_id,
-            snapshots.c.fetched_at <= snapshot.fetched_at,
-        )
-        .order_by(snapshots.c.fetched_at.desc())
-        .limit(1)
-    ).first()
     if previous is not None and (
-        previous.fetched_at == snapshot.fetched_at or bytes(previous.content_hash) == digest
+        previous.fetched_at == snapshot.fetched_at or previous.content_hash == digest
     ):
-        _confirm(connection, previous.id, snapshot.fetched_at)
+        _confirm(connection, previous.snapshot_id, snapshot.fetched_at)
         _log_fetches(connection, dialect, claim, fetches, success, unchanged=True)
-        return Written(SnapshotWrite(stored=False, snapshot_id=previous.id), {})
+        return Written(SnapshotWrite(stored=False, snapshot_id=previous.snapshot_id), {}, latest)
 
     written_apps = app_writes.write_apps(
         connection, dialect, cache, claim.chart.store, snapshot.entries, seen_at=snapshot.fetched_at
     )
-    ranking = {entry.rank: written_apps.ids[entry.store_id] for entry in snapshot.entries}
-    snapshot_id = connection.execute(
-        insert_ignoring_conflicts(snapshots, dialect).returning(snapshots.c.id),
+    ids = written_apps.ids
+    ranked = packing.pack_ranking({entry.rank: ids[entry.store_id] for entry in snapshot.entries})
+    inserted = connection.execute(
+        _INSERT_SNAPSHOT[dialect],
         {
             "chart_id": claim.chart_id,
             "fetched_at": snapshot.fetched_at,
@@ -94,26 +188,26 @@ def write_snapshot(
             "requested_depth": min(snapshot.requested_depth, _SMALLINT_MAX),
             "visible_depth": snapshot.visible_depth,
             "content_hash": digest,
-            "ranked_app_ids": packing.pack_ranking(ranking),
+            "ranked_app_ids": ranked,
         },
-    ).scalar()
-    if snapshot_id is None:  # raced by a writer of the same fetch that committed first
+    ).first()
+    if inserted is None:  # raced by a writer of the same fetch that committed first
         existing = connection.scalar(
-            select(snapshots.c.id).where(
-                snapshots.c.chart_id == claim.chart_id,
-                snapshots.c.fetched_at == snapshot.fetched_at,
-            )
+            _SNAPSHOT_AT, {"chart_id": claim.chart_id, "fetched_at": snapshot.fetched_at}
         )
         assert existing is not None
         _log_fetches(connection, dialect, claim, fetches, success, unchanged=True)
-        return Written(SnapshotWrite(stored=False, snapshot_id=existing), {})
+        # That writer's completion may be newer than what this process knows: read it again.
+        return Written(SnapshotWrite(stored=False, snapshot_id=existing), {}, None)
 
-    before = packing.unpack_ranking(previous.ranked_app_ids) if previous is not None else {}
-    rank_before = {app_id: rank for rank, app_id in before.items()}
-    rank_after = {app_id: rank for rank, app_id in ranking.items()}
-    derived.hold_shared(connection, dialect)
-    tracked = _tracked(connection, rank_before.keys() | rank_after.keys())
+    snapshot_id = inserted.id
+    tracked = {
+        int(app_id): store_id for app_id, store_id in json.loads(inserted.tracked or "{}").items()
+    }
+    changes: tuple[TrackedRankChange, ...] = ()
     if tracked:
+        before = packing.ranks_of(previous.ranked_app_ids, tracked) if previous else {}
+        after = packing.ranks_of(ranked, tracked)
         derived.insert_ranks(
             connection,
             dialect,
@@ -122,27 +216,28 @@ def write_snapshot(
                     "app_id": app_id,
                     "chart_id": claim.chart_id,
                     "snapshot_id": snapshot_id,
-                    "rank": rank_after[app_id],
+                    "rank": rank,
                 }
-                for app_id in sorted(tracked)
-                if app_id in rank_after
+                for app_id, rank in sorted(after.items())
             ],
         )
-    changes = tuple(
-        TrackedRankChange(
-            app_id=app_id,
-            store_id=tracked[app_id],
-            before=rank_before.get(app_id),
-            after=rank_after.get(app_id),
+        changes = tuple(
+            TrackedRankChange(
+                app_id=app_id,
+                store_id=tracked[app_id],
+                before=before.get(app_id),
+                after=after.get(app_id),
+            )
+            for app_id in sorted(before.keys() | after.keys())
+            if before.get(app_id) != after.get(app_id)
         )
-        for app_id in sorted(tracked)
-        if rank_before.get(app_id) != rank_after.get(app_id)
-    )
     _log_fetches(connection, dialect, claim, fetches, success, unchanged=False)
     result = SnapshotWrite(
-        stored=True, snapshot_id=snapshot_id, new_apps=len(written_apps.new), changes=changes
+        stored=True, snapshot_id=snapshot_id, new_apps=written_apps.new, changes=changes
     )
-    return Written(result, written_apps.cache)
+    if latest is None or snapshot.fetched_at > latest.fetched_at:
+        latest = Latest(snapshot_id, snapshot.fetched_at, digest, ranked)
+    return Written(result, written_apps.cache, latest)
 
 
 def write_unchanged(
@@ -150,25 +245,24 @@ def write_unchanged(
     dialect: str,
     claim: PollClaim,
     *,
+    known_latest: Latest | None,
     validators: Validators,
     fetches: Sequence[FetchRecord],
     next_due_at: dt.datetime,
-) -> None:
+) -> Latest | None:
+    """Returns the chart's latest snapshot as it now stands, if known."""
     success = _last_success(fetches)
     values = _success_values(fetches, validators, next_due_at, fallback_at=None)
     if success is not None and success.source is not None:
         values["last_source"] = success.source.value
     schedule.complete(connection, claim, values)
+    latest = known_latest
     if success is not None:
-        latest = connection.scalar(
-            select(snapshots.c.id)
-            .where(snapshots.c.chart_id == claim.chart_id)
-            .order_by(snapshots.c.fetched_at.desc())
-            .limit(1)
-        )
+        latest = latest or _read(connection, _LATEST, chart_id=claim.chart_id)
         if latest is not None:
-            _confirm(connection, latest, success.started_at)
+            _confirm(connection, latest.snapshot_id, success.started_at)
     _log_fetches(connection, dialect, claim, fetches, success, unchanged=True)
+    return latest
 
 
 def write_failure(
@@ -182,13 +276,19 @@ def write_failure(
     last = fetches[-1] if fetches else None
     values: dict[str, Any] = {
         "next_due_at": next_due_at,
-        "consecutive_failures": poll_tasks.c.consecutive_failures + 1,
         "last_error": _error_text(last) if last is not None else None,
     }
     if fetches:
         values["last_attempt_at"] = max(f.started_at for f in fetches)
-    schedule.complete(connection, claim, values)
+    schedule.complete(connection, claim, values, statement=schedule.COMPLETE_FAILED)
     _log_fetches(connection, dialect, claim, fetches, None, unchanged=False)
+
+
+def _read(connection: Connection, query: Any, **parameters: Any) -> Latest | None:
+    row = connection.execute(query, parameters).first()
+    if row is None:
+        return None
+    return Latest(row.id, row.fetched_at, bytes(row.content_hash), bytes(row.ranked_app_ids))
 
 
 def _last_success(fetches: Sequence[FetchRecord]) -> FetchRecord | None:
@@ -217,21 +317,7 @@ def _success_values(
 
 
 def _confirm(connection: Connection, snapshot_id: int, at: dt.datetime) -> None:
-    connection.execute(
-        update(snapshots)
-        .where(snapshots.c.id == snapshot_id, snapshots.c.confirmed_at < at)
-        .values(confirmed_at=at)
-    )
-
-
-def _tracked(connection: Connection, app_ids: set[int]) -> dict[int, str]:
-    """The tracked ones among `app_ids`, read in this transaction: another process may have
-    changed the watchlist since this one started. Reading all tracked apps is one probe of a
-    small partial index; an IN list of the snapshot's apps would be a plan over the table."""
-    if not app_ids:
-        return {}
-    rows = connection.execute(select(apps.c.id, apps.c.store_id).where(apps.c.tracked))
-    return {row.id: row.store_id for row in rows if row.id in app_ids}
+    connection.execute(_CONFIRM, {"snapshot_id": snapshot_id, "at": at})
 
 
 def _log_fetches(
@@ -245,6 +331,7 @@ def _log_fetches(
 ) -> None:
     if not fetches:
         return
+    poll_started_at = min(fetch.started_at for fetch in fetches)
     rows = []
     for fetch in fetches:
         outcome = fetch.outcome
@@ -268,9 +355,12 @@ def _log_fetches(
                 "url": fetch.url if outcome == FetchOutcome.FAILED else None,
                 "error_class": fetch.error_class[:64] if fetch.error_class else None,
                 "error_message": (fetch.error_message or "")[:_ERROR_MESSAGE_CHARS] or None,
+                "poll_started_at": (
+                    poll_started_at if fetch.started_at != poll_started_at else None
+                ),
             }
         )
-    connection.execute(insert_ignoring_conflicts(fetch_log, dialect), rows)
+    connection.execute(_LOG_FETCHES[dialect], rows)
 
 
 def _error_text(fetch: FetchRecord) -> str:

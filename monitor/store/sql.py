@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 from sqlalchemy import ColumnElement, Connection, Engine, Table, any_, bindparam
@@ -18,20 +18,27 @@ T = TypeVar("T")
 
 # Deadlock and serialization failure: PostgreSQL aborted one of two transactions that waited
 # on each other (two workers upserting overlapping app sets). The bodies are idempotent, so
-# running the loser again is correct.
+# running the loser again is correct; so is running again one whose connection was lost.
 _RETRYABLE_SQLSTATES = {"40P01", "40001"}
 ATTEMPTS = 3
 
 Insert = postgresql.Insert | sqlite.Insert
+DIALECTS = ("sqlite", "postgresql")
 
 
-def among(column: ColumnElement[Any], values: Collection[Any], dialect: str) -> ColumnElement[bool]:
-    """`column IN values`; on PostgreSQL as `= ANY(array)`, one parameter instead of one per
-    value, so the statement text (and psycopg's prepared statement) is the same every time."""
+def per_dialect(build: Callable[[str], T]) -> dict[str, T]:
+    """A statement built once per backend at import: the hot paths then only bind parameters,
+    paying neither statement construction nor cache-key generation on every call."""
+    return {dialect: build(dialect) for dialect in DIALECTS}
+
+
+def among(column: ColumnElement[Any], name: str, dialect: str) -> ColumnElement[bool]:
+    """`column IN values`, the values bound at execution as `name`; on PostgreSQL as
+    `= ANY(array)`, one parameter instead of one per value, so the statement text (and
+    psycopg's prepared statement) is the same every time."""
     if dialect == "postgresql":
-        array = bindparam(None, list(values), type_=postgresql.ARRAY(column.type))
-        return column == any_(array)
-    return column.in_(values)
+        return column == any_(bindparam(name, type_=postgresql.ARRAY(column.type)))
+    return column.in_(bindparam(name, expanding=True))
 
 
 def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
@@ -42,26 +49,30 @@ def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
 
 
 def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run `work` in one transaction, retried on a deadlock; driver errors become StoreError."""
+    """Run `work` in one transaction, retried on a deadlock or on a connection the server had
+    dropped (engine.py pings only idle ones); driver errors become StoreError."""
+    return _run(engine, work)
+
+
+def reading(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run read-only `work` on one connection (one snapshot on PostgreSQL)."""
+    return _run(engine, work)
+
+
+def _run(engine: Engine, work: Callable[[Connection], T]) -> T:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with engine.begin() as connection:
                 return work(connection)
         except DBAPIError as exc:
-            if _sqlstate(exc) in _RETRYABLE_SQLSTATES and attempt < ATTEMPTS:
+            if attempt < ATTEMPTS and exc.connection_invalidated:
+                log.info("database connection lost (%s), retrying", _describe(exc))
+                continue
+            if attempt < ATTEMPTS and _sqlstate(exc) in _RETRYABLE_SQLSTATES:
                 log.info("transaction aborted by the database (%s), retrying", _sqlstate(exc))
                 continue
             raise StoreError(f"database error: {_describe(exc)}") from exc
     raise AssertionError("unreachable")
-
-
-def reading(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run read-only `work` on one connection (one snapshot on PostgreSQL)."""
-    try:
-        with engine.begin() as connection:
-            return work(connection)
-    except DBAPIError as exc:
-        raise StoreError(f"database error: {_describe(exc)}") from exc
 
 
 def _sqlstate(exc: DBAPIError) -> str | None:

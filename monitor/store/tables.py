@@ -191,6 +191,11 @@ fetch_log = Table(
     Column("url", Text),  # kept for failed fetches only
     Column("error_class", String(64)),
     Column("error_message", Text),
+    # The fetches of one poll (a feed, then its fallback) are one poll: history shows a poll
+    # that failed on both feeds as one failure. This is the started_at of the poll's first
+    # fetch, set on its later fetches only: NULL on a first fetch (nearly every row, at no
+    # cost) means the row starts its own poll, so a poll is coalesce(this, started_at).
+    Column("poll_started_at", UtcDateTime),
     PrimaryKeyConstraint("chart_id", "started_at"),
     sqlite_with_rowid=False,
 )

@@ -140,12 +140,30 @@ class Poller:
             next_due_at=at + HOUR,
         )
 
-    def fail(self, chart: ChartKey, at: dt.datetime, error_class: str = "FetchTimeout") -> None:
+    def fail(
+        self,
+        chart: ChartKey,
+        at: dt.datetime,
+        error_class: str = "FetchTimeout",
+        *,
+        fallback_error: str | None = None,
+    ) -> None:
+        """A failed poll; with `fallback_error`, the legacy feed was tried too, a second later,
+        and failed with that error."""
+        fetches = [fetch(chart, at, FetchOutcome.FAILED, error_class=error_class)]
+        if fallback_error is not None:
+            fetches.append(
+                fetch(
+                    chart,
+                    at + dt.timedelta(seconds=1),
+                    FetchOutcome.FAILED,
+                    error_class=fallback_error,
+                    source=SourceName.ITUNES_RSS,
+                )
+            )
         claim = claim_one(self.repository, chart, at)
         self.repository.record_failure(
-            claim,
-            fetches=[fetch(chart, at, FetchOutcome.FAILED, error_class=error_class)],
-            next_due_at=at + dt.timedelta(minutes=10),
+            claim, fetches=fetches, next_due_at=at + dt.timedelta(minutes=10)
         )
 
     def unchanged(self, chart: ChartKey, at: dt.datetime) -> None:

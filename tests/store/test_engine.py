@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import subprocess
 import sys
 import textwrap
 from collections.abc import Iterator
 from pathlib import Path
 
+import psycopg
 import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
 from monitor.errors import DatabaseLocked, StoreError
+from monitor.store import engine
 from monitor.store.engine import open_database
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
@@ -163,3 +166,54 @@ def test_postgres_readers_cannot_write(postgres_url: str) -> None:
         pytest.raises(StoreError, match="read-only transaction"),
     ):
         Repository(reader).sync_charts([US_FREE], now=T0)
+
+
+def _drop_connections(postgres_url: str) -> None:
+    """What a server restart or failover does to every pooled connection."""
+    libpq = postgres_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    with psycopg.connect(libpq, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+
+
+def _lost_connections(caplog: pytest.LogCaptureFixture) -> int:
+    return sum("connection lost" in record.getMessage() for record in caplog.records)
+
+
+@pytest.mark.postgres
+def test_work_on_a_connection_the_server_dropped_is_done_on_a_fresh_one(
+    postgres_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with open_database(postgres_url, writer=True) as database:
+        upgrade(database)
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=T0)  # its connection is pooled, and busy
+        caplog.set_level(logging.INFO, logger="monitor.store.sql")
+
+        _drop_connections(postgres_url)
+        synced = repository.sync_charts([US_FREE], now=T0)
+        _drop_connections(postgres_url)
+        status = repository.schedule_status(now=T0)
+
+    assert synced.enabled == status.enabled == 1
+    assert _lost_connections(caplog) == 2  # one write, one read: each run again
+
+
+@pytest.mark.postgres
+def test_a_connection_idle_for_a_while_is_checked_before_use(
+    postgres_url: str, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(engine, "POSTGRES_PING_AFTER_IDLE_S", 0.0)  # every pause is long
+    with open_database(postgres_url, writer=True) as database:
+        upgrade(database)
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=T0)
+        caplog.set_level(logging.INFO, logger="monitor.store.sql")
+
+        _drop_connections(postgres_url)
+        status = repository.schedule_status(now=T0)
+
+    assert status.enabled == 1
+    assert _lost_connections(caplog) == 0  # replaced at checkout, before any work failed

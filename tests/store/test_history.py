@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from monitor.model import RankPoint, Store, WatchedApp
+import datetime as dt
+
+from monitor.model import RankPoint, RankStatus, Store, WatchedApp
 from monitor.store.repository import Repository
 
 from .conftest import CHATGPT, DEEPSEEK, HOUR, JP_FREE, T0, US_FREE, US_PAID, Poller
@@ -132,3 +134,39 @@ def test_disabled_charts_do_not_count_for_current_ranks(poller: Poller) -> None:
 
     (deepseek,) = repository.tracked_apps()
     assert [(c.chart, c.rank) for c in deepseek.ranks] == [(JP_FREE, 2)]
+
+
+def _failures(points: list[RankPoint]) -> list[tuple[float, str | None]]:
+    return [((p.at - T0) / HOUR, p.error) for p in points if p.status is RankStatus.FETCH_FAILED]
+
+
+def test_a_poll_that_failed_on_both_feeds_is_one_failure_with_the_last_error(
+    poller: Poller,
+) -> None:
+    poller.store(US_FREE, T0, [DEEPSEEK])
+    poller.fail(US_FREE, T0 + HOUR, "HttpStatusError", fallback_error="FetchTimeout")
+    poller.fail(US_FREE, T0 + 2 * HOUR, "FeedFormatError")
+    repository = poller.repository
+
+    points = repository.history(_app_id(repository, DEEPSEEK))
+
+    assert [p.status for p in points] == [
+        RankStatus.LISTED,
+        RankStatus.FETCH_FAILED,
+        RankStatus.FETCH_FAILED,
+    ]
+    assert _failures(points) == [(1, "FetchTimeout"), (2, "FeedFormatError")]
+
+
+def test_a_failed_poll_belongs_to_the_window_its_start_is_in(poller: Poller) -> None:
+    poller.store(US_FREE, T0, [DEEPSEEK])
+    poller.fail(US_FREE, T0 + HOUR, "HttpStatusError", fallback_error="FetchTimeout")
+    repository = poller.repository
+    app_id = _app_id(repository, DEEPSEEK)
+    between_its_fetches = T0 + HOUR + dt.timedelta(milliseconds=500)
+
+    ending_mid_poll = repository.history(app_id, until=between_its_fetches)
+    starting_mid_poll = repository.history(app_id, since=between_its_fetches)
+
+    assert _failures(ending_mid_poll) == [(1, "FetchTimeout")]
+    assert starting_mid_poll == []

@@ -11,6 +11,7 @@ import textwrap
 import pytest
 from sqlalchemy import inspect
 
+from monitor.model import RankStatus
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import (
     check_drift,
@@ -23,7 +24,7 @@ from monitor.store.repository import Repository
 from monitor.store.tables import metadata
 from tests.conftest import REPO_ROOT
 
-from .conftest import CHATGPT, HOUR, T0, US_FREE, Poller
+from .conftest import CHATGPT, HOUR, T0, US_FREE, Poller, row_counts
 
 
 def _tables(database: Database) -> set[str]:
@@ -142,3 +143,43 @@ def test_alembic_command_line_upgrades_and_checks_via_the_settings(database_url:
     assert upgraded.returncode == 0, upgraded.stderr
     assert checked.returncode == 0, checked.stderr
     assert "No new upgrade operations detected" in checked.stdout + checked.stderr
+
+
+def test_the_poll_grouping_of_the_fetch_log_migrates_down_and_up_with_data(
+    database_url: str,
+) -> None:
+    with open_database(database_url, writer=True) as database:
+        upgrade(database)
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=T0)
+        poller = Poller(repository, database)
+        poller.store(US_FREE, T0, [CHATGPT])
+        poller.fail(US_FREE, T0 + HOUR, "HttpStatusError", fallback_error="FetchTimeout")
+
+        downgrade(database, "0001")
+        counts = row_counts(database)
+        table_sql = _fetch_log_sql(database)
+        upgrade(database)
+
+        assert counts["fetch_log"] == 3
+        if database.dialect == "sqlite":
+            assert table_sql.rstrip().endswith("WITHOUT ROWID")
+        assert check_drift(database) == []
+        repository = Repository(database)
+        (app,) = repository.find_apps(CHATGPT)
+        # The grouping went with the column: rows from before it read as a poll each.
+        assert [p.status for p in repository.history(app.id)] == [
+            RankStatus.LISTED,
+            RankStatus.FETCH_FAILED,
+            RankStatus.FETCH_FAILED,
+        ]
+
+
+def _fetch_log_sql(database: Database) -> str:
+    if database.dialect != "sqlite":
+        return ""
+    with database.engine.connect() as connection:
+        sql: str = connection.exec_driver_sql(
+            "SELECT sql FROM sqlite_master WHERE name = 'fetch_log'"
+        ).scalar_one()
+    return sql
