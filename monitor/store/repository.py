@@ -41,7 +41,7 @@ from monitor.store.results import (
     TrackedRankChange,
     WatchlistSync,
 )
-from monitor.store.sql import in_transaction, reading
+from monitor.store.sql import in_autocommit, in_transaction, reading
 
 __all__ = [
     "AppInfo",
@@ -79,6 +79,13 @@ class Repository:
         with self._write_turn:
             return in_transaction(self._engine, work)
 
+    def _one_statement(self, work: Callable[[Connection], T]) -> T:
+        """For `work` that writes with a single statement (a claim, a release): no transaction
+        around it on PostgreSQL, where the worker's event loop waits on each claim."""
+        if self._dialect == "postgresql":
+            return in_autocommit(self._engine, work)
+        return self._transaction(work)
+
     # -- poll schedule -------------------------------------------------------------------
 
     def sync_charts(self, charts: Sequence[ChartKey], *, now: dt.datetime) -> ChartSync:
@@ -96,7 +103,7 @@ class Repository:
     ) -> list[PollClaim]:
         """Lease up to `limit` due charts, oldest due first; with `charts`, lease those (if
         enabled and not leased) whether due or not."""
-        return self._transaction(
+        return self._one_statement(
             lambda c: schedule.claim_due(
                 c,
                 self._dialect,
@@ -176,7 +183,7 @@ class Repository:
 
     def release(self, claim: PollClaim) -> None:
         """Give a lease back unpolled (shutdown); a no-op if it was lost meanwhile."""
-        self._transaction(lambda c: schedule.release(c, claim))
+        self._one_statement(lambda c: schedule.release(c, claim))
 
     def schedule_status(self, *, now: dt.datetime) -> ScheduleStatus:
         return reading(self._engine, lambda c: schedule.status(c, now=now))

@@ -147,7 +147,7 @@ def write_snapshot(
     if snapshot.chart != claim.chart:
         raise ValueError(f"snapshot of {snapshot.chart} recorded under a claim on {claim.chart}")
     success = _last_success(fetches)
-    # Taking the lock that guards the tracked-apps read below, before any apps row is locked.
+    # The fence also takes the lock guarding the tracked-apps read below (derived.py).
     schedule.complete(
         connection,
         claim,

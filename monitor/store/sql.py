@@ -54,16 +54,27 @@ def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     return _run(engine, work)
 
 
+def in_autocommit(engine: Engine, work: Callable[[Connection], T]) -> T:
+    """Run `work`, whose one write is a single statement (atomic by itself), outside a
+    transaction: one round trip instead of three (BEGIN, the statement, COMMIT), retried like
+    `in_transaction`. PostgreSQL only: a SQLite writer's transactions must take the write lock
+    at BEGIN (engine.py)."""
+    return _run(engine, work, autocommit=True)
+
+
 def reading(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run read-only `work` on one connection (one snapshot on PostgreSQL)."""
     return _run(engine, work)
 
 
-def _run(engine: Engine, work: Callable[[Connection], T]) -> T:
+def _run(engine: Engine, work: Callable[[Connection], T], *, autocommit: bool = False) -> T:
     for attempt in range(1, ATTEMPTS + 1):
         try:
-            with engine.begin() as connection:
-                return work(connection)
+            with engine.connect() as connection:
+                if autocommit:  # until the connection goes back to the pool
+                    connection.execution_options(isolation_level="AUTOCOMMIT")
+                with connection.begin():
+                    return work(connection)
         except DBAPIError as exc:
             if attempt < ATTEMPTS and exc.connection_invalidated:
                 log.info("database connection lost (%s), retrying", _describe(exc))
