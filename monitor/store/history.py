@@ -8,6 +8,7 @@ points come from the fetch log, one per failed poll however many feeds it tried.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, LargeBinary, and_, bindparam, false, func, select
@@ -64,7 +65,10 @@ def history(
         ),
         *_failure_points(connection, keys, since, until),
     ]
-    points.sort(key=lambda point: (point.chart, point.at))
+    # ChartKey compares field by field in Python: ordered by each chart's position instead,
+    # thousands of points sort on ints.
+    position = {key: index for index, key in enumerate(sorted(keys.values()))}
+    points.sort(key=lambda point: (position[point.chart], point.at))
     return points
 
 
@@ -106,6 +110,7 @@ def _snapshot_points(
 ) -> list[RankPoint]:
     where = [snapshots.c.chart_id.in_(keys), *between(snapshots.c.fetched_at, since, until)]
     columns = (snapshots.c.chart_id, snapshots.c.fetched_at, snapshots.c.visible_depth)
+    ranked: Sequence[Sequence[Any]]  # (chart id, fetched at, depth, rank) per snapshot
     if tracked:
         joined = snapshots.outerjoin(
             app_ranks,
@@ -116,20 +121,23 @@ def _snapshot_points(
             ),
         )
         query = select(*columns, app_ranks.c.rank).select_from(joined).where(*where)
-        rows = connection.execute(query)
-        ranked = [(row, row.rank) for row in rows]
+        # Thousands of rows: fetched at once and unpacked, not fetched and looked up one by one.
+        ranked = connection.execute(query).all()
     else:
         rows = connection.execute(select(*columns, snapshots.c.ranked_app_ids).where(*where))
-        ranked = [(row, packing.rank_of(row.ranked_app_ids, app_id)) for row in rows]
+        ranked = [
+            (chart_id, fetched_at, depth, packing.rank_of(packed, app_id))
+            for chart_id, fetched_at, depth, packed in rows.all()
+        ]
     return [
         RankPoint(
-            at=row.fetched_at,
-            chart=keys[row.chart_id],
+            at=fetched_at,
+            chart=keys[chart_id],
             status=RankStatus.LISTED if rank is not None else RankStatus.BELOW_DEPTH,
             rank=rank,
-            depth=row.visible_depth,
+            depth=depth,
         )
-        for row, rank in ranked
+        for chart_id, fetched_at, depth, rank in ranked
     ]
 
 
