@@ -24,6 +24,7 @@ from monitor.errors import (
 )
 from monitor.model import (
     ChartKey,
+    ChartSnapshot,
     FetchOutcome,
     FetchRecord,
     PollClaim,
@@ -76,8 +77,14 @@ class Poller:
         self._settings = settings
         self._clock = clock
 
-    async def poll(self, claim: PollClaim) -> PollResult:
-        """Poll one chart; never raises for feed problems (they become a recorded failure)."""
+    async def poll(
+        self, claim: PollClaim, *, fetched: Callable[[], None] = lambda: None
+    ) -> PollResult:
+        """Poll one chart; never raises for feed problems (they become a recorded failure).
+
+        `fetched` is called once the network part is over (the chart parsed, or every feed
+        failed), before the outcome is written: from then on the poll needs no fetch slot.
+        """
         started = time.monotonic()
         failures: list[FetchRecord] = []
         retry_in = min(self._settings.interval, self._settings.failure_retry)
@@ -90,18 +97,12 @@ class Poller:
         for request in requests:
             attempt_started = self._clock()
             attempt_clock = time.monotonic()
-            fetched: FetchResult | None = None
+            response: FetchResult | None = None
             try:
                 validators = claim.validators if request.source == claim.last_source else None
-                fetched = await self._fetch_within_lease(claim, request, validators)
-                return await asyncio.to_thread(
-                    self._store,
-                    claim,
-                    request,
-                    fetched,
-                    attempt_started=attempt_started,
-                    failures=failures,
-                    started=started,
+                response = await self._fetch_within_lease(claim, request, validators)
+                snapshot = await asyncio.to_thread(
+                    self._parse, claim, request, response, attempt_started=attempt_started
                 )
             except (FetchError, FeedError) as exc:
                 if isinstance(exc, HostBackoff):
@@ -113,7 +114,7 @@ class Poller:
                         claim.chart,
                         request,
                         exc,
-                        fetched=fetched,
+                        fetched=response,
                         attempt_started=attempt_started,
                         attempt_clock=attempt_clock,
                     )
@@ -130,6 +131,19 @@ class Poller:
                         "error_class": type(exc).__name__,
                     },
                 )
+                continue
+            fetched()
+            return await asyncio.to_thread(
+                self._record,
+                claim,
+                request,
+                response,
+                snapshot,
+                attempt_started=attempt_started,
+                failures=failures,
+                started=started,
+            )
+        fetched()
         if not failures:
             raise MonitorError(f"{claim.chart}: no feed serves this chart")
         now = self._clock()
@@ -163,21 +177,44 @@ class Poller:
                 url=request.url,
             ) from None
 
-    def _store(
+    def _parse(
         self,
         claim: PollClaim,
         request: FeedRequest,
         fetched: FetchResult,
         *,
         attempt_started: dt.datetime,
+    ) -> ChartSnapshot | None:
+        """The chart in `fetched` (in a worker thread: parsing is CPU-bound), or None when
+        the feed served what the chart's latest snapshot already holds."""
+        if fetched.not_modified or (
+            fetched.content_hash == claim.last_hash and request.source == claim.last_source
+        ):
+            return None
+        snapshot = PARSERS[request.source](
+            fetched.body,
+            chart=claim.chart,
+            requested_depth=self._settings.depth,
+            fetched_at=attempt_started,
+        )
+        for notice in snapshot.notices:
+            log.info("%s: %s", claim.chart, notice, extra={"chart": claim.chart.slug})
+        return snapshot
+
+    def _record(
+        self,
+        claim: PollClaim,
+        request: FeedRequest,
+        fetched: FetchResult,
+        snapshot: ChartSnapshot | None,
+        *,
+        attempt_started: dt.datetime,
         failures: list[FetchRecord],
         started: float,
     ) -> PollResult:
-        """Parse and write, in a worker thread (CPU-bound parse, blocking database I/O)."""
+        """Write the outcome, in a worker thread (blocking database I/O); `snapshot` is None
+        when the chart is unchanged."""
         next_due_at = self._clock() + self._settings.interval
-        unchanged = fetched.not_modified or (
-            fetched.content_hash == claim.last_hash and request.source == claim.last_source
-        )
         record = FetchRecord(
             chart=claim.chart,
             started_at=attempt_started,
@@ -189,7 +226,7 @@ class Poller:
             attempts=fetched.attempts,
             body_bytes=len(fetched.body),
         )
-        if unchanged:
+        if snapshot is None:
             if not fetched.not_modified:
                 record = dataclasses.replace(record, outcome=FetchOutcome.UNCHANGED)
             self._repository.record_unchanged(
@@ -201,14 +238,6 @@ class Poller:
             return PollResult(
                 claim.chart, record.outcome, request.source, None, time.monotonic() - started
             )
-        snapshot = PARSERS[request.source](
-            fetched.body,
-            chart=claim.chart,
-            requested_depth=self._settings.depth,
-            fetched_at=attempt_started,
-        )
-        for notice in snapshot.notices:
-            log.info("%s: %s", claim.chart, notice, extra={"chart": claim.chart.slug})
         assert fetched.content_hash is not None
         written = self._repository.record_snapshot(
             claim,

@@ -1,12 +1,15 @@
 """Poll rounds: claim due charts from the schedule and poll them with bounded concurrency.
 
-Charts are claimed a few at a time as slots free up, never all at once, so each lease only
-has to cover one chart's fetch, whatever the per-host budget makes the whole round last.
+Charts are claimed a few at a time as fetch slots free up, never all at once, so each lease
+only has to cover one chart's fetch, whatever the per-host budget makes the whole round last.
+A poll gives its fetch slot back once its chart is parsed: while it writes to the database the
+next chart is already being fetched. Up to `concurrency` polls fetch, and as many again write.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import dataclasses
 import datetime as dt
 import logging
@@ -60,6 +63,8 @@ class PollRounds:
         self._stopping = False
         self._current: asyncio.Task[RoundSummary] | None = None
         self._in_flight: dict[asyncio.Task[PollResult], PollClaim] = {}
+        self._fetching: set[int] = set()  # chart ids of the in-flight polls still fetching
+        self._progressed = asyncio.Event()  # a poll ended or gave its fetch slot back
 
     @property
     def running(self) -> bool:
@@ -82,49 +87,47 @@ class PollRounds:
         errors = 0
         unclaimed = list(charts) if charts is not None else None  # named, not claimed yet
         more_to_claim = total > 0
+        ready: collections.deque[PollClaim] = collections.deque()  # claimed, not started
+        claiming: asyncio.Task[list[PollClaim]] | None = None
+        requested = 0
         while not self._stopping:
-            free = self._concurrency - len(self._in_flight)
-            if more_to_claim and free > 0:
-                claims = await asyncio.to_thread(
-                    self._repository.claim_due,
-                    owner=self._owner,
-                    now=self._clock(),
-                    lease=self._lease,
-                    limit=free,
-                    charts=unclaimed[:free] if unclaimed is not None else None,
-                )
+            self._progressed.clear()
+            while (
+                ready
+                and len(self._fetching) < self._concurrency
+                and len(self._in_flight) < 2 * self._concurrency
+            ):
+                self._start_poll(ready.popleft())
+            # Claimed ahead, a few at a time, while the fetches go on: a claim is a database
+            # round trip that no fetch slot should wait for.
+            wanted = self._concurrency - len(ready)
+            if more_to_claim and claiming is None and wanted > self._concurrency // 2:
+                batch = unclaimed[:wanted] if unclaimed is not None else None
                 if unclaimed is not None:
-                    del unclaimed[:free]
-                    more_to_claim = bool(unclaimed)
-                else:
-                    more_to_claim = len(claims) == free
-                if self._stopping:
-                    # stop() came during the claim and cannot see these: give them back.
-                    for claim in claims:
-                        await asyncio.to_thread(self._repository.release, claim)
-                    break
-                for claim in claims:
-                    self._in_flight[asyncio.create_task(self._poller.poll(claim))] = claim
-            if not self._in_flight:
+                    del unclaimed[:wanted]
+                claiming = asyncio.create_task(self._claim(wanted, batch))
+                claiming.add_done_callback(lambda _: self._progressed.set())
+                requested = wanted
+            if not (self._in_flight or ready or claiming):
                 break
-            done, _ = await asyncio.wait(self._in_flight, return_when=asyncio.FIRST_COMPLETED)
-            for task in done:
-                claim = self._in_flight.pop(task)
-                try:
-                    results.append(task.result())
-                except asyncio.CancelledError:
-                    continue  # abandoned by stop(); its lease is released there
-                except LeaseLost as exc:
-                    # Expected when replicas share a database: another one owns the chart now.
-                    errors += 1
-                    log.warning("%s", exc, extra={"chart": claim.chart.slug})
-                except Exception:
-                    errors += 1
-                    log.exception(
-                        "poll of %s crashed", claim.chart, extra={"chart": claim.chart.slug}
-                    )
+            await self._progressed.wait()
+            if claiming is not None and claiming.done():
+                claims = claiming.result()
+                claiming = None
+                ready.extend(claims)
+                # Fewer due charts than asked for: every due chart is claimed now.
+                more_to_claim = (
+                    bool(unclaimed) if unclaimed is not None else len(claims) == requested
+                )
+            finished, failed = self._collect_finished()
+            results.extend(finished)
+            errors += failed
             if progress is not None:
                 progress(len(results) + errors, max(total, len(results) + errors))
+        if claiming is not None:
+            ready.extend(await claiming)
+        for claim in ready:  # stopped before they started: give them back
+            await asyncio.to_thread(self._repository.release, claim)
         summary = RoundSummary(tuple(results), errors, time.monotonic() - started)
         if results or errors:
             log.info(
@@ -142,9 +145,49 @@ class PollRounds:
             )
         return summary
 
+    def _collect_finished(self) -> tuple[list[PollResult], int]:
+        """Results of the polls that ended since the last call, and how many crashed."""
+        results = []
+        errors = 0
+        for task in [task for task in self._in_flight if task.done()]:
+            claim = self._in_flight.pop(task)
+            try:
+                results.append(task.result())
+            except asyncio.CancelledError:
+                continue  # abandoned by stop(); its lease is released there
+            except LeaseLost as exc:
+                # Expected when replicas share a database: another one owns the chart now.
+                errors += 1
+                log.warning("%s", exc, extra={"chart": claim.chart.slug})
+            except Exception:
+                errors += 1
+                log.exception("poll of %s crashed", claim.chart, extra={"chart": claim.chart.slug})
+        return results, errors
+
+    async def _claim(self, limit: int, charts: Sequence[ChartKey] | None) -> list[PollClaim]:
+        return await asyncio.to_thread(
+            self._repository.claim_due,
+            owner=self._owner,
+            now=self._clock(),
+            lease=self._lease,
+            limit=limit,
+            charts=charts,
+        )
+
+    def _start_poll(self, claim: PollClaim) -> None:
+        def fetch_slot_free() -> None:
+            self._fetching.discard(claim.chart_id)
+            self._progressed.set()
+
+        self._fetching.add(claim.chart_id)
+        task = asyncio.create_task(self._poller.poll(claim, fetched=fetch_slot_free))
+        task.add_done_callback(lambda _: fetch_slot_free())
+        self._in_flight[task] = claim
+
     async def stop(self, grace: float) -> None:
         """Stop claiming; give in-flight polls `grace` seconds, then abandon and release them."""
         self._stopping = True
+        self._progressed.set()  # a round waiting for its claims or polls sees it at once
         if self._in_flight:
             await asyncio.wait(self._in_flight, timeout=grace)
         abandoned = [claim for task, claim in self._in_flight.items() if not task.done()]

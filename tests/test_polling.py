@@ -242,10 +242,12 @@ async def harness(
     interval: dt.timedelta = INTERVAL,
     http: HttpSettings | None = None,
     scheduled_at: dt.datetime | None = None,
+    repository: Repository | None = None,
 ) -> AsyncIterator[Harness]:
     """Schedule `chart_keys` (due at `scheduled_at`, default now), track DeepSeek, and wire a
-    poller the way monitor.wiring does, with both feeds on `server`."""
-    repository = Repository(database)
+    poller the way monitor.wiring does, with both feeds on `server` and `repository` (default:
+    a plain one on `database`)."""
+    repository = repository or Repository(database)
     repository.sync_charts(chart_keys, now=scheduled_at or utc_now())
     repository.sync_watchlist([WatchedApp(Store.APPLE, DEEPSEEK_ID, "DeepSeek")])
     # random() = 0: full-jitter backoff sleeps nothing, so a retry storm costs no time.

@@ -140,6 +140,39 @@ async def test_a_round_never_has_more_than_concurrency_fetches_in_flight(
     assert summary.errors == 0
 
 
+class WriteHeldUntilNextFetch(Repository):
+    """The first snapshot write waits (up to 10 s) for the feed server to get one more request:
+    it can only come if the writing poll gave its fetch slot back."""
+
+    def __init__(self, database: Database, server: ScriptedServer) -> None:
+        super().__init__(database)
+        self._server = server
+        self._first = threading.Lock()
+        self.next_fetch_during_first_write = False
+
+    def record_snapshot(self, claim: PollClaim, *args: Any, **kwargs: Any) -> Any:
+        if self._first.acquire(blocking=False):
+            seen = len(self._server.requests)
+            deadline = time.monotonic() + 10
+            while len(self._server.requests) == seen and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.next_fetch_during_first_write = len(self._server.requests) > seen
+        return super().record_snapshot(claim, *args, **kwargs)
+
+
+async def test_a_poll_writing_its_snapshot_no_longer_holds_a_fetch_slot(
+    sqlite_database: Database, slow_apple: ScriptedServer, slow_feeds: SlowFeeds
+) -> None:
+    repository = WriteHeldUntilNextFetch(sqlite_database, slow_apple)
+    async with harness(sqlite_database, slow_apple, chart_keys=CHARTS, repository=repository) as h:
+        summary = await h.rounds(concurrency=1).run_round()
+
+    assert repository.next_fetch_during_first_write
+    assert slow_feeds.peak == 1
+    assert [r.outcome for r in summary.results] == [FetchOutcome.CHANGED] * len(CHARTS)
+    assert requests_per_chart(slow_apple, CHARTS) == exactly(1, CHARTS)
+
+
 async def test_a_round_polls_every_due_chart_exactly_once(
     database: Database, slow_apple: ScriptedServer
 ) -> None:
