@@ -5,9 +5,10 @@ its lease is stopped before it writes anything. Content equal to the previous sn
 no snapshot: the previous one's `confirmed_at` moves forward instead.
 
 Statements are built once, at import: a write only binds parameters. A warm snapshot write is
-four statements (fence, snapshot with the tracked apps, derived ranks when a tracked app is
-listed, fetch log): the latest snapshot of the chart comes from LatestSnapshots when this
-process wrote it, and apps seen lately are not written (apps.py).
+the fence, then the snapshot with its derived ranks (when a tracked app is listed) and its
+fetch log: one statement on PostgreSQL, where each statement is a round trip, three on SQLite.
+The latest snapshot of the chart comes from LatestSnapshots when this process wrote it, and
+apps seen lately are not written (apps.py).
 """
 
 from __future__ import annotations
@@ -19,7 +20,23 @@ import threading
 from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import Connection, ScalarSelect, Text, bindparam, cast, func, select, update
+from sqlalchemy import (
+    Connection,
+    Integer,
+    ScalarSelect,
+    Select,
+    SmallInteger,
+    Text,
+    and_,
+    bindparam,
+    cast,
+    column,
+    func,
+    select,
+    true,
+    update,
+)
+from sqlalchemy.dialects import postgresql
 
 from monitor.model import ChartSnapshot, FetchOutcome, FetchRecord, PollClaim, Validators
 from monitor.store import apps as app_writes
@@ -27,7 +44,7 @@ from monitor.store import derived, packing, schedule
 from monitor.store.apps import AppCache, Known
 from monitor.store.results import SnapshotWrite, TrackedRankChange
 from monitor.store.sql import insert_ignoring_conflicts, per_dialect
-from monitor.store.tables import apps, fetch_log, snapshots
+from monitor.store.tables import app_ranks, apps, fetch_log, snapshots
 
 _ERROR_MESSAGE_CHARS = 2_000
 _SMALLINT_MAX = 32_767
@@ -112,12 +129,79 @@ def _tracked_apps(dialect: str) -> ScalarSelect[Any]:
     return select(as_json).where(apps.c.tracked).scalar_subquery()
 
 
-# The tracked apps come back with the new snapshot's id: read in this transaction after the
-# fence took the lock that guards them (derived.py), without a round trip of their own.
-_INSERT_SNAPSHOT = per_dialect(
-    lambda d: insert_ignoring_conflicts(snapshots, d).returning(
-        snapshots.c.id, _tracked_apps(d).label("tracked")
+_SNAPSHOT_FIELDS = (
+    "fetched_at",
+    "confirmed_at",
+    "feed_updated_at",
+    "chart_id",
+    "requested_depth",
+    "visible_depth",
+    "source",
+    "content_hash",
+    "ranked_app_ids",
+)
+
+
+def _insert_snapshot_ranks_and_log() -> Select[Any]:
+    """PostgreSQL: the new snapshot, its derived ranks and the fetch log in one statement, one
+    round trip instead of three. Yields the snapshot's id and the tracked apps (as
+    `_tracked_apps`), or no row when a snapshot of this fetch exists already (its derived
+    ranks too, then: nothing is inserted but the missing fetch log rows).
+
+    The tracked apps are read in this statement's snapshot of the database, taken after the
+    fence statement took the lock that guards them (derived.py): that is why the fence cannot
+    be part of it.
+    """
+    inserted = (
+        postgresql.insert(snapshots)
+        .values({name: bindparam(name, type_=snapshots.c[name].type) for name in _SNAPSHOT_FIELDS})
+        .on_conflict_do_nothing()
+        .returning(snapshots.c.id)
+        .cte("inserted")
     )
+    # Passed as JSON, app id -> rank: psycopg dumps a list element by element in Python.
+    listed = (
+        func.json_each_text(bindparam("listed", type_=postgresql.JSON))
+        .table_valued("key", "value")
+        .render_derived(name="listed")
+    )
+    listed_app_id = cast(listed.c.key, Integer)
+    ranked = (
+        postgresql.insert(app_ranks)
+        .from_select(
+            ["app_id", "chart_id", "snapshot_id", "rank"],
+            select(
+                listed_app_id,
+                bindparam("chart_id", type_=Integer),
+                inserted.c.id,
+                cast(listed.c.value, SmallInteger),
+            )
+            .select_from(inserted)
+            .join(listed, true())  # the one new snapshot, with each of its apps
+            .join(apps, and_(apps.c.id == listed_app_id, apps.c.tracked)),
+        )
+        .on_conflict_do_nothing()
+        .cte("ranked")
+    )
+    fetched = (
+        func.json_to_recordset(bindparam("fetches", type_=postgresql.JSON))
+        .table_valued(*(column(c.name, c.type) for c in fetch_log.c))
+        .render_derived(name="fetched", with_types=True)
+    )
+    logged = (
+        postgresql.insert(fetch_log)
+        .from_select([c.name for c in fetch_log.c], select(*fetched.c))
+        .on_conflict_do_nothing()
+        .cte("logged")
+    )
+    tracked = _tracked_apps("postgresql").label("tracked")
+    return select(inserted.c.id, tracked).add_cte(ranked, logged)
+
+
+_INSERT_SNAPSHOT_RANKS_AND_LOG = _insert_snapshot_ranks_and_log()
+# SQLite, where a statement costs no round trip: the snapshot alone, with the tracked apps.
+_INSERT_SNAPSHOT = insert_ignoring_conflicts(snapshots, "sqlite").returning(
+    snapshots.c.id, _tracked_apps("sqlite").label("tracked")
 )
 _CONFIRM = (
     update(snapshots)
@@ -177,8 +261,9 @@ def write_snapshot(
     )
     ids = written_apps.ids
     ranked = packing.pack_ranking({entry.rank: ids[entry.store_id] for entry in snapshot.entries})
-    inserted = connection.execute(
-        _INSERT_SNAPSHOT[dialect],
+    inserted = _insert(
+        connection,
+        dialect,
         {
             "chart_id": claim.chart_id,
             "fetched_at": snapshot.fetched_at,
@@ -190,54 +275,88 @@ def write_snapshot(
             "content_hash": digest,
             "ranked_app_ids": ranked,
         },
-    ).first()
-    if inserted is None:  # raced by a writer of the same fetch that committed first
+        listed={ids[entry.store_id]: entry.rank for entry in snapshot.entries},
+        log_rows=_fetch_rows(claim, fetches, success, unchanged=False),
+    )
+    if inserted is None:
+        # Raced by a writer of the same fetch that committed first: this transaction run
+        # again after its connection was lost, the first run's commit having gone through.
         existing = connection.scalar(
             _SNAPSHOT_AT, {"chart_id": claim.chart_id, "fetched_at": snapshot.fetched_at}
         )
         assert existing is not None
-        _log_fetches(connection, dialect, claim, fetches, success, unchanged=True)
         # That writer's completion may be newer than what this process knows: read it again.
         return Written(SnapshotWrite(stored=False, snapshot_id=existing), {}, None)
 
-    snapshot_id = inserted.id
-    tracked = {
-        int(app_id): store_id for app_id, store_id in json.loads(inserted.tracked or "{}").items()
-    }
-    changes: tuple[TrackedRankChange, ...] = ()
-    if tracked:
-        before = packing.ranks_of(previous.ranked_app_ids, tracked) if previous else {}
-        after = packing.ranks_of(ranked, tracked)
-        derived.insert_ranks(
-            connection,
-            dialect,
-            [
-                {
-                    "app_id": app_id,
-                    "chart_id": claim.chart_id,
-                    "snapshot_id": snapshot_id,
-                    "rank": rank,
-                }
-                for app_id, rank in sorted(after.items())
-            ],
+    snapshot_id, tracked = inserted
+    before = packing.ranks_of(previous.ranked_app_ids, tracked) if previous else {}
+    after = packing.ranks_of(ranked, tracked)
+    changes = tuple(
+        TrackedRankChange(
+            app_id=app_id,
+            store_id=tracked[app_id],
+            before=before.get(app_id),
+            after=after.get(app_id),
         )
-        changes = tuple(
-            TrackedRankChange(
-                app_id=app_id,
-                store_id=tracked[app_id],
-                before=before.get(app_id),
-                after=after.get(app_id),
-            )
-            for app_id in sorted(before.keys() | after.keys())
-            if before.get(app_id) != after.get(app_id)
-        )
-    _log_fetches(connection, dialect, claim, fetches, success, unchanged=False)
+        for app_id in sorted(before.keys() | after.keys())
+        if before.get(app_id) != after.get(app_id)
+    )
     result = SnapshotWrite(
         stored=True, snapshot_id=snapshot_id, new_apps=written_apps.new, changes=changes
     )
     if latest is None or snapshot.fetched_at > latest.fetched_at:
         latest = Latest(snapshot_id, snapshot.fetched_at, digest, ranked)
     return Written(result, written_apps.cache, latest)
+
+
+def _insert(
+    connection: Connection,
+    dialect: str,
+    values: dict[str, Any],
+    *,
+    listed: dict[int, int],
+    log_rows: list[dict[str, Any]],
+) -> tuple[int, dict[int, str]] | None:
+    """Insert a snapshot (`values`), the derived ranks of the tracked apps among `listed`
+    (app id -> rank) and the fetch log. Returns the snapshot's id and the tracked apps (app
+    id -> store id), or None when a snapshot of this fetch exists already."""
+    if dialect == "postgresql":
+        row = connection.execute(
+            _INSERT_SNAPSHOT_RANKS_AND_LOG,
+            {
+                **values,
+                "listed": listed,
+                "fetches": [_as_json(log_row) for log_row in log_rows],
+            },
+        ).first()
+        return None if row is None else (row.id, _tracked_by_id(row.tracked))
+    row = connection.execute(_INSERT_SNAPSHOT, values).first()
+    if log_rows:
+        connection.execute(_LOG_FETCHES[dialect], log_rows)
+    if row is None:
+        return None
+    tracked = _tracked_by_id(row.tracked)
+    derived.insert_ranks(
+        connection,
+        dialect,
+        [
+            {"app_id": app_id, "chart_id": values["chart_id"], "snapshot_id": row.id, "rank": rank}
+            for app_id, rank in sorted(listed.items())
+            if app_id in tracked
+        ],
+    )
+    return row.id, tracked
+
+
+def _tracked_by_id(tracked_json: str | None) -> dict[int, str]:
+    return {int(app_id): store_id for app_id, store_id in json.loads(tracked_json or "{}").items()}
+
+
+def _as_json(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: value.isoformat() if isinstance(value, dt.datetime) else value
+        for name, value in row.items()
+    }
 
 
 def write_unchanged(
@@ -329,8 +448,21 @@ def _log_fetches(
     *,
     unchanged: bool,
 ) -> None:
+    if fetches:
+        rows = _fetch_rows(claim, fetches, success, unchanged=unchanged)
+        connection.execute(_LOG_FETCHES[dialect], rows)
+
+
+def _fetch_rows(
+    claim: PollClaim,
+    fetches: Sequence[FetchRecord],
+    success: FetchRecord | None,
+    *,
+    unchanged: bool,
+) -> list[dict[str, Any]]:
+    """The fetch log rows of a poll; `unchanged`: its successful fetch stored nothing new."""
     if not fetches:
-        return
+        return []
     poll_started_at = min(fetch.started_at for fetch in fetches)
     rows = []
     for fetch in fetches:
@@ -360,7 +492,7 @@ def _log_fetches(
                 ),
             }
         )
-    connection.execute(_LOG_FETCHES[dialect], rows)
+    return rows
 
 
 def _error_text(fetch: FetchRecord) -> str:

@@ -30,7 +30,7 @@ from .conftest import (
 MINUTE = dt.timedelta(minutes=1)
 
 
-def test_a_warm_write_is_four_statements_compiled_once(poller: Poller) -> None:
+def test_a_warm_write_is_a_few_statements_compiled_once(poller: Poller) -> None:
     repository = poller.repository
     repository.sync_watchlist([WatchedApp(Store.APPLE, CHATGPT, "ChatGPT")])
     poller.store(US_FREE, T0, [CHATGPT, DEEPSEEK, "3"])
@@ -59,10 +59,14 @@ def test_a_warm_write_is_four_statements_compiled_once(poller: Poller) -> None:
 
     assert written.stored
     assert [(c.before, c.after) for c in written.changes] == [(2, 1)]
-    # The fence (taking the derived-ranks lock on PostgreSQL), the snapshot (returning the
-    # tracked apps), their ranks, the fetch log. Apps seen a minute ago and the latest
-    # snapshot this process wrote itself cost nothing.
-    assert [verb for verb, _ in seen] == ["UPDATE", "INSERT", "INSERT", "INSERT"]
+    # The fence (taking the derived-ranks lock on PostgreSQL), then the snapshot (returning
+    # the tracked apps), their ranks and the fetch log: on PostgreSQL one statement, a round
+    # trip saved twice. Apps seen a minute ago and the latest snapshot this process wrote
+    # itself cost nothing.
+    if poller.database.dialect == "postgresql":
+        assert [verb for verb, _ in seen] == ["UPDATE", "WITH"]
+    else:
+        assert [verb for verb, _ in seen] == ["UPDATE", "INSERT", "INSERT", "INSERT"]
     assert all(reused for _, reused in seen)
 
 
