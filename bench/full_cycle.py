@@ -4,7 +4,8 @@ Measures, per backend, in one run against a local feed server (bench/feed_server
 separate process, budget disabled):
   (a) floor: the same fetches + JSON parsing alone, same client, same concurrency
   (b) full cycle: fetch, parse, store, derive (cold first cycle, then the median warm one)
-  (c) b / a
+  (c) b / a, with a measured between the cycles (before the first and every FLOOR_EVERY
+      cycles, median): the speed of a shared machine drifts by more than the overhead measured
   (d) bytes per stored ranked entry after N cycles (tables + indexes, every table)
   (e) `history` of one tracked app over all charts and N cycles
   (f) peak RSS of the process doing the work
@@ -48,6 +49,7 @@ from monitor.worker import prepare_database
 
 HERE = Path(__file__).resolve().parent
 TRACKED_APP = "6448311069"  # ChatGPT: in about 60% of the bench charts
+FLOOR_EVERY = 4
 TARGETS = {"ratio": 1.5, "cycle_s": 20.0, "history_ms": 200.0, "rss_mb": 250.0}
 BYTES_TARGET = {"sqlite": 16.0, "postgresql": 12.0}
 
@@ -104,11 +106,15 @@ async def floor_cycle(settings: Settings, charts: list[ChartKey]) -> float:
 
 async def full_cycles(
     settings: Settings, database: Database, charts: list[ChartKey], feed_url: str, cycles: int
-) -> list[float]:
-    seconds = []
+) -> tuple[list[float], list[float]]:
+    """Seconds of each full cycle, and of the floor cycles measured between them."""
+    seconds: list[float] = []
+    floors: list[float] = []
     async with polling(settings, database) as rounds:
         for cycle in range(1, cycles + 1):
             set_cycle(feed_url, cycle)
+            if cycle % FLOOR_EVERY == 1:
+                floors.append(await floor_cycle(settings, charts))
             started = time.perf_counter()
             summary = await rounds.run_round(charts)
             seconds.append(time.perf_counter() - started)
@@ -116,7 +122,7 @@ async def full_cycles(
                 raise SystemExit(
                     f"cycle {cycle}: {summary.failed} failed, {summary.changed} changed"
                 )
-    return seconds
+    return seconds, floors
 
 
 def stored_bytes(database: Database) -> dict[str, int]:
@@ -155,20 +161,23 @@ def run_backend(backend: str, feed_url: str, database_url: str, cycles: int) -> 
     settings = bench_settings(feed_url, database_url)
     charts = settings.chart_keys()
     set_cycle(feed_url, 0)
-    floor = min(asyncio.run(floor_cycle(settings, charts)) for _ in range(2))
+    asyncio.run(floor_cycle(settings, charts))  # warms up what the first measured one would
     with open_database(database_url, writer=True) as database:
         prepare_database(settings, database)
-        seconds = asyncio.run(full_cycles(settings, database, charts, feed_url, cycles))
+        seconds, floors = asyncio.run(full_cycles(settings, database, charts, feed_url, cycles))
         sizes = stored_bytes(database)
         entries = ranked_entries(database)
         history, points = history_ms(database)
     warm = statistics.median(seconds[1:]) if len(seconds) > 1 else seconds[0]
+    floor = statistics.median(floors)
     return {
         "backend": backend,
         "charts": len(charts),
         "cycles": cycles,
         "floor_s": round(floor, 2),
+        "floors_s": [round(f, 2) for f in floors],
         "cold_cycle_s": round(seconds[0], 2),
+        "cycles_s": [round(c, 2) for c in seconds],
         "warm_cycle_s": round(warm, 2),
         "ratio": round(warm / floor, 2),
         "ranked_entries": entries,
