@@ -1,9 +1,11 @@
 """Poll rounds: claim due charts from the schedule and poll them with bounded concurrency.
 
-Charts are claimed a few at a time as fetch slots free up, never all at once, so each lease
-only has to cover one chart's fetch, whatever the per-host budget makes the whole round last.
-A poll gives its fetch slot back once its chart is parsed: while it writes to the database the
-next chart is already being fetched. Up to `concurrency` polls fetch, and as many again write.
+Up to `concurrency` polls fetch at once. A poll gives its fetch slot back once its chart is
+parsed: while it writes to the database the next chart is already being fetched (up to as many
+again write). Charts are claimed a few at a time, never all at once, and ahead of need: up to
+`concurrency` claimed charts wait for a slot, so that no slot waits for a claim's database
+round trip. A lease thus covers one chart's wait for a slot and its fetch, whatever the
+per-host budget makes the whole round last; a chart that waited long renews its lease first.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ log = logging.getLogger(__name__)
 
 # A round with at least this many charts due logs its progress (a first full poll, a catch-up).
 PROGRESS_THRESHOLD = 50
+# A chart claimed ahead that waited longer than this part of its lease for a fetch slot (slow
+# fetches) renews the lease before it is polled: its fetch is never cut short by the wait.
+RENEW_AFTER_WAITING = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -180,9 +185,18 @@ class PollRounds:
             self._progressed.set()
 
         self._fetching.add(claim.chart_id)
-        task = asyncio.create_task(self._poller.poll(claim, fetched=fetch_slot_free))
+        task = asyncio.create_task(self._poll(claim, fetched=fetch_slot_free))
         task.add_done_callback(lambda _: fetch_slot_free())
         self._in_flight[task] = claim
+
+    async def _poll(self, claim: PollClaim, *, fetched: Callable[[], None]) -> PollResult:
+        now = self._clock()
+        waited = self._lease - (claim.lease_expires_at - now)
+        if waited > self._lease * RENEW_AFTER_WAITING:
+            claim = await asyncio.to_thread(
+                self._repository.renew, claim, now=now, lease=self._lease
+            )
+        return await self._poller.poll(claim, fetched=fetched)
 
     async def stop(self, grace: float) -> None:
         """Stop claiming; give in-flight polls `grace` seconds, then abandon and release them."""

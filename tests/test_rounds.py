@@ -19,6 +19,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from monitor import rounds as rounds_module
 from monitor.model import ChartKey, FetchOutcome, PollClaim
 from monitor.rounds import PollRounds
 from monitor.store.engine import Database
@@ -171,6 +172,32 @@ async def test_a_poll_writing_its_snapshot_no_longer_holds_a_fetch_slot(
     assert slow_feeds.peak == 1
     assert [r.outcome for r in summary.results] == [FetchOutcome.CHANGED] * len(CHARTS)
     assert requests_per_chart(slow_apple, CHARTS) == exactly(1, CHARTS)
+
+
+async def test_a_chart_that_waited_long_for_a_fetch_slot_is_fetched_on_a_renewed_lease(
+    sqlite_database: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(rounds_module, "RENEW_AFTER_WAITING", 0.0005)  # 150 ms of 5 minutes
+    chart_keys = grossing("us", "gb", "de")
+    feeds = AppleFeeds()
+    lease_left_at_fetch: dict[str, dt.timedelta] = {}
+    holder: list[Harness] = []
+
+    def serve(request: Request) -> Response:
+        chart = next(c for c in chart_keys if legacy_path(c) == request.path)
+        lease_left_at_fetch[chart.country] = holder[0].task(chart).lease_expires_at - utc_now()
+        time.sleep(0.4)  # the next chart, claimed ahead, waits this long for the one slot
+        return feeds.serve(request)
+
+    with ScriptedServer(fallback=serve) as apple:
+        async with harness(sqlite_database, apple, chart_keys=chart_keys) as h:
+            holder.append(h)
+            summary = await h.rounds(concurrency=1).run_round()
+
+    assert [r.outcome for r in summary.results] == [FetchOutcome.CHANGED] * 3
+    # Each chart's fetch started with (nearly) a whole lease ahead of it, waiting or not.
+    assert all(left > LEASE - dt.timedelta(seconds=0.2) for left in lease_left_at_fetch.values())
+    assert len(lease_left_at_fetch) == 3
 
 
 async def test_a_round_polls_every_due_chart_exactly_once(

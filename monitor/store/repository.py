@@ -181,6 +181,11 @@ class Repository:
         # No snapshot was written: what was known of the latest one stays true.
         self._latest.put(claim, self._latest.get(claim))
 
+    def renew(self, claim: PollClaim, *, now: dt.datetime, lease: dt.timedelta) -> PollClaim:
+        """The claim with a lease of `lease` from `now`; raises LeaseLost if it was taken
+        over meanwhile."""
+        return self._one_statement(lambda c: schedule.renew(c, claim, now + lease))
+
     def release(self, claim: PollClaim) -> None:
         """Give a lease back unpolled (shutdown); a no-op if it was lost meanwhile."""
         self._one_statement(lambda c: schedule.release(c, claim))

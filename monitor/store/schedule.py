@@ -9,6 +9,7 @@ IMMEDIATE serializes claims.
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -257,6 +258,23 @@ def complete(
             f"{claim.chart}: the lease (token {claim.token}) was taken over by another worker; "
             "nothing was written"
         )
+
+
+_RENEW = update(poll_tasks).where(_FENCE).values(lease_expires_at=bindparam("expires"))
+
+
+def renew(connection: Connection, claim: PollClaim, expires: dt.datetime) -> PollClaim:
+    """The claim with its lease extended to `expires`; raises LeaseLost if it was taken over."""
+    result = connection.execute(
+        _RENEW,
+        {"fenced_chart_id": claim.chart_id, "fenced_token": claim.token, "expires": expires},
+    )
+    if result.rowcount != 1:
+        raise LeaseLost(
+            f"{claim.chart}: the lease (token {claim.token}) was taken over by another worker "
+            "before its poll started"
+        )
+    return dataclasses.replace(claim, lease_expires_at=expires)
 
 
 def release(connection: Connection, claim: PollClaim) -> None:

@@ -161,6 +161,33 @@ def test_releasing_a_lost_lease_leaves_the_new_holder_alone(poller: Poller) -> N
     assert status.leased == 1
 
 
+def test_a_renewed_lease_keeps_the_chart_from_other_workers_until_its_new_expiry(
+    poller: Poller,
+) -> None:
+    repository = poller.repository
+    (claim,) = repository.claim_due(owner="a", now=T0, lease=LEASE, limit=1, charts=[US_FREE])
+
+    renewed = repository.renew(claim, now=T0 + LEASE / 2, lease=LEASE)
+
+    assert renewed.lease_expires_at == T0 + LEASE * 3 / 2
+    assert renewed.token == claim.token
+    at_old_expiry = repository.claim_due(owner="b", now=T0 + LEASE, lease=LEASE, limit=10)
+    assert US_FREE not in [c.chart for c in at_old_expiry]
+    at_new_expiry = repository.claim_due(owner="b", now=T0 + LEASE * 3 / 2, lease=LEASE, limit=10)
+    assert US_FREE in [c.chart for c in at_new_expiry]
+
+
+def test_a_lost_lease_is_not_renewed(poller: Poller) -> None:
+    repository = poller.repository
+    stale = _superseded_claim(repository)
+
+    with pytest.raises(LeaseLost):
+        repository.renew(stale, now=T0 + LEASE * 5 / 2, lease=LEASE)
+
+    # The new holder's lease still ends when it did (at 3 x LEASE), not half a lease later.
+    assert repository.schedule_status(now=T0 + 3 * LEASE).leased == 0
+
+
 def test_released_chart_is_due_again_at_once(poller: Poller) -> None:
     repository = poller.repository
     (claim,) = repository.claim_due(owner="w", now=T0, lease=LEASE, limit=1, charts=[US_FREE])
