@@ -170,7 +170,7 @@ def write_apps(
             missing[entry.store_id] = entry
             continue
         ids[entry.store_id] = app.app_id
-        if app.last_seen_at is None or app.last_seen_at < stale:
+        if _unseen_since(app, stale):
             due.append((entry, app))
     learned: dict[str, Known] = {}
     new = 0
@@ -183,11 +183,15 @@ def write_apps(
         due.extend(
             (missing[store_id], app)
             for store_id, app in existing.items()
-            if app.last_seen_at is None or app.last_seen_at < stale
+            if _unseen_since(app, stale)
         )
     if due:
         learned.update(_seen(connection, dialect, due, seen_at=seen_at))
     return AppWrite(ids=ids, new=new, cache=learned)
+
+
+def _unseen_since(app: Known, moment: dt.datetime) -> bool:
+    return app.last_seen_at is None or app.last_seen_at < moment
 
 
 def _seen(

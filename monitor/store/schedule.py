@@ -250,14 +250,7 @@ def complete(
     COMPLETE, COMPLETE_FAILED (one more consecutive failure) or one of them extended ahead of
     time, e.g. with a RETURNING that takes a lock the rest of the transaction needs.
     """
-    result = connection.execute(
-        statement, {"fenced_chart_id": claim.chart_id, "fenced_token": claim.token, **values}
-    )
-    if result.rowcount != 1:
-        raise LeaseLost(
-            f"{claim.chart}: the lease (token {claim.token}) was taken over by another worker; "
-            "nothing was written"
-        )
+    _fenced(connection, statement, claim, values, lost="; nothing was written")
 
 
 _RENEW = update(poll_tasks).where(_FENCE).values(lease_expires_at=bindparam("expires"))
@@ -265,16 +258,27 @@ _RENEW = update(poll_tasks).where(_FENCE).values(lease_expires_at=bindparam("exp
 
 def renew(connection: Connection, claim: PollClaim, expires: dt.datetime) -> PollClaim:
     """The claim with its lease extended to `expires`; raises LeaseLost if it was taken over."""
+    _fenced(connection, _RENEW, claim, {"expires": expires}, lost=" before its poll started")
+    return dataclasses.replace(claim, lease_expires_at=expires)
+
+
+def _fenced(
+    connection: Connection,
+    statement: Update,
+    claim: PollClaim,
+    values: Mapping[str, Any],
+    *,
+    lost: str,
+) -> None:
+    """Run `statement` on the claim's row if the claim is still current, else raise LeaseLost
+    (ending with `lost`)."""
     result = connection.execute(
-        _RENEW,
-        {"fenced_chart_id": claim.chart_id, "fenced_token": claim.token, "expires": expires},
+        statement, {"fenced_chart_id": claim.chart_id, "fenced_token": claim.token, **values}
     )
     if result.rowcount != 1:
         raise LeaseLost(
-            f"{claim.chart}: the lease (token {claim.token}) was taken over by another worker "
-            "before its poll started"
+            f"{claim.chart}: the lease (token {claim.token}) was taken over by another worker{lost}"
         )
-    return dataclasses.replace(claim, lease_expires_at=expires)
 
 
 def release(connection: Connection, claim: PollClaim) -> None:

@@ -259,8 +259,8 @@ def write_snapshot(
     written_apps = app_writes.write_apps(
         connection, dialect, cache, claim.chart.store, snapshot.entries, seen_at=snapshot.fetched_at
     )
-    ids = written_apps.ids
-    ranked = packing.pack_ranking({entry.rank: ids[entry.store_id] for entry in snapshot.entries})
+    ranking = {entry.rank: written_apps.ids[entry.store_id] for entry in snapshot.entries}
+    ranked = packing.pack_ranking(ranking)
     inserted = _insert(
         connection,
         dialect,
@@ -275,7 +275,7 @@ def write_snapshot(
             "content_hash": digest,
             "ranked_app_ids": ranked,
         },
-        listed={ids[entry.store_id]: entry.rank for entry in snapshot.entries},
+        listed={app_id: rank for rank, app_id in ranking.items()},
         log_rows=_fetch_rows(claim, fetches, success, unchanged=False),
     )
     if inserted is None:
@@ -331,8 +331,7 @@ def _insert(
         ).first()
         return None if row is None else (row.id, _tracked_by_id(row.tracked))
     row = connection.execute(_INSERT_SNAPSHOT, values).first()
-    if log_rows:
-        connection.execute(_LOG_FETCHES[dialect], log_rows)
+    _insert_log(connection, dialect, log_rows)
     if row is None:
         return None
     tracked = _tracked_by_id(row.tracked)
@@ -448,8 +447,11 @@ def _log_fetches(
     *,
     unchanged: bool,
 ) -> None:
-    if fetches:
-        rows = _fetch_rows(claim, fetches, success, unchanged=unchanged)
+    _insert_log(connection, dialect, _fetch_rows(claim, fetches, success, unchanged=unchanged))
+
+
+def _insert_log(connection: Connection, dialect: str, rows: list[dict[str, Any]]) -> None:
+    if rows:
         connection.execute(_LOG_FETCHES[dialect], rows)
 
 
