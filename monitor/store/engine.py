@@ -31,6 +31,7 @@ from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError, DisconnectionError
 
 from monitor.errors import DatabaseLocked, StoreError
+from monitor.store.sql import SNAPSHOT_READ
 
 SQLITE_BUSY_TIMEOUT_MS = 5_000
 POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
@@ -146,7 +147,8 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Connection) -> None:
-        connection.exec_driver_sql(begin)
+        snapshot_read = connection.get_execution_options().get(SNAPSHOT_READ, False)
+        connection.exec_driver_sql("BEGIN" if snapshot_read else begin)
 
 
 def _open_postgres(url: URL, *, writer: bool) -> Database:

@@ -31,11 +31,13 @@ from monitor.store.apps import AppCache, GrowthAnalyzer
 from monitor.store.engine import Database
 from monitor.store.results import (
     AppInfo,
+    ChartHealth,
     ChartSync,
     ChartView,
     ChartViewEntry,
     CurrentRank,
     ScheduleStatus,
+    ServiceState,
     SnapshotWrite,
     TrackedAppStatus,
     TrackedRankChange,
@@ -45,12 +47,14 @@ from monitor.store.sql import in_autocommit, in_transaction, reading
 
 __all__ = [
     "AppInfo",
+    "ChartHealth",
     "ChartSync",
     "ChartView",
     "ChartViewEntry",
     "CurrentRank",
     "Repository",
     "ScheduleStatus",
+    "ServiceState",
     "SnapshotWrite",
     "TrackedAppStatus",
     "TrackedRankChange",
@@ -246,3 +250,15 @@ class Repository:
 
     def tracked_apps(self) -> list[TrackedAppStatus]:
         return reading(self._engine, lambda c: queries.tracked_apps(c, self._charts))
+
+    def service_state(self, *, now: dt.datetime) -> ServiceState:
+        """Tracked apps' current ranks, chart health and the schedule, as of one moment."""
+
+        def read(connection: Connection) -> ServiceState:
+            return ServiceState(
+                tracked=tuple(queries.tracked_apps(connection, self._charts)),
+                charts=tuple(schedule.chart_health(connection, self._charts)),
+                schedule=schedule.status(connection, now=now),
+            )
+
+        return reading(self._engine, read)

@@ -37,6 +37,16 @@ class ScheduleStatus:
 
 
 @dataclasses.dataclass(frozen=True)
+class ChartHealth:
+    """An enabled chart's poll record: when it last succeeded and how often it failed since."""
+
+    chart: ChartKey
+    last_success_at: dt.datetime | None
+    consecutive_failures: int
+    last_error: str | None
+
+
+@dataclasses.dataclass(frozen=True)
 class TrackedRankChange:
     """A tracked app whose rank on the chart differs from the previous snapshot's."""
 
@@ -165,3 +175,12 @@ class TrackedAppStatus:
             "best_chart": best.chart.slug if best else None,
             "charts_listed": len(self.listed),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class ServiceState:
+    """What the metrics and the status page show, read in one transaction: consistent."""
+
+    tracked: tuple[TrackedAppStatus, ...]
+    charts: tuple[ChartHealth, ...]
+    schedule: ScheduleStatus

@@ -32,7 +32,7 @@ from sqlalchemy import (
 
 from monitor.errors import LeaseLost
 from monitor.model import ChartKey, Collection, Device, PollClaim, SourceName, Store, Validators
-from monitor.store.results import ChartSync, ScheduleStatus
+from monitor.store.results import ChartHealth, ChartSync, ScheduleStatus
 from monitor.store.sql import among, insert_ignoring_conflicts, per_dialect
 from monitor.store.tables import UtcDateTime, charts, poll_tasks
 
@@ -309,4 +309,30 @@ def status(connection: Connection, *, now: dt.datetime) -> ScheduleStatus:
         leased=int(row[2]),
         failing=int(row[3]),
         oldest_due_at=row[4],
+    )
+
+
+def chart_health(connection: Connection, catalog: ChartCatalog) -> list[ChartHealth]:
+    """Every enabled chart's last success and failures since, in chart order."""
+    rows = connection.execute(
+        select(
+            poll_tasks.c.chart_id,
+            poll_tasks.c.last_success_at,
+            poll_tasks.c.consecutive_failures,
+            poll_tasks.c.last_error,
+        ).where(poll_tasks.c.enabled == true())
+    ).all()
+    keys = catalog.keys(connection, [row.chart_id for row in rows])
+    return sorted(
+        (
+            ChartHealth(
+                chart=keys[row.chart_id],
+                last_success_at=row.last_success_at,
+                consecutive_failures=row.consecutive_failures,
+                last_error=row.last_error,
+            )
+            for row in rows
+            if row.chart_id in keys
+        ),
+        key=lambda health: health.chart,
     )

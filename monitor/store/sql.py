@@ -48,6 +48,16 @@ def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
     return sqlite.insert(table).on_conflict_do_nothing()
 
 
+# Execution option read by SQLite's begin hook (engine.py): a read transaction starts with a
+# plain BEGIN, not the writer's BEGIN IMMEDIATE, so it takes no write lock (WAL gives it its
+# own snapshot). PostgreSQL's default READ COMMITTED would give each statement its own one.
+SNAPSHOT_READ = "app_rank_monitor_snapshot_read"
+_SNAPSHOT_READ_OPTIONS: dict[str, dict[str, Any]] = {
+    "sqlite": {SNAPSHOT_READ: True},
+    "postgresql": {"isolation_level": "REPEATABLE READ"},
+}
+
+
 def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:
     """Run `work` in one transaction, retried on a deadlock or on a connection the server had
     dropped (engine.py pings only idle ones); driver errors become StoreError."""
@@ -63,16 +73,26 @@ def in_autocommit(engine: Engine, work: Callable[[Connection], T]) -> T:
 
 
 def reading(engine: Engine, work: Callable[[Connection], T]) -> T:
-    """Run read-only `work` on one connection (one snapshot on PostgreSQL)."""
-    return _run(engine, work)
+    """Run read-only `work` in one transaction that sees one snapshot of the database
+    throughout and never waits for a writer."""
+    return _run(engine, work, snapshot_read=True)
 
 
-def _run(engine: Engine, work: Callable[[Connection], T], *, autocommit: bool = False) -> T:
+def _run(
+    engine: Engine,
+    work: Callable[[Connection], T],
+    *,
+    autocommit: bool = False,
+    snapshot_read: bool = False,
+) -> T:
     for attempt in range(1, ATTEMPTS + 1):
         try:
             with engine.connect() as connection:
-                if autocommit:  # until the connection goes back to the pool
+                # Options last until the connection goes back to the pool.
+                if autocommit:
                     connection.execution_options(isolation_level="AUTOCOMMIT")
+                elif snapshot_read:
+                    connection.execution_options(**_SNAPSHOT_READ_OPTIONS[engine.dialect.name])
                 with connection.begin():
                     return work(connection)
         except DBAPIError as exc:
