@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import socket
@@ -29,6 +30,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -44,7 +46,7 @@ from monitor.sources.http import FeedClient
 from monitor.sources.parsers import PARSERS
 from monitor.store.engine import Database, open_database
 from monitor.store.repository import Repository
-from monitor.wiring import http_settings, polling, utc_now
+from monitor.wiring import http_settings, polling, service_metrics, utc_now
 from monitor.worker import prepare_database
 
 HERE = Path(__file__).resolve().parent
@@ -110,7 +112,8 @@ async def full_cycles(
     """Seconds of each full cycle, and of the floor cycles measured between them."""
     seconds: list[float] = []
     floors: list[float] = []
-    async with polling(settings, database) as rounds:
+    metrics = service_metrics(settings, Repository(database))
+    async with polling(settings, database, metrics=metrics) as rounds:
         for cycle in range(1, cycles + 1):
             set_cycle(feed_url, cycle)
             if cycle % FLOOR_EVERY == 1:
@@ -204,6 +207,20 @@ def drop_postgres_database(admin_url: str, name: str) -> None:
         conn.execute(statement.format(sql.Identifier(name)))
 
 
+@contextlib.contextmanager
+def scratch_database(backend: str, postgres_admin_url: str) -> Iterator[str]:
+    """The URL of a new, empty database on `backend` ("sqlite" or "postgres"), removed after."""
+    with tempfile.TemporaryDirectory() as tmp:
+        if backend == "sqlite":
+            yield f"sqlite:///{tmp}/bench.sqlite3"
+            return
+        url, name = create_postgres_database(postgres_admin_url)
+        try:
+            yield url
+        finally:
+            drop_postgres_database(postgres_admin_url, name)
+
+
 def verdict(result: dict[str, Any]) -> list[str]:
     checks = [
         ("ratio b/a", result["ratio"], TARGETS["ratio"]),
@@ -242,21 +259,14 @@ def main() -> None:
         feed_url = f"http://127.0.0.1:{port}"
         backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
         for backend in backends:
-            with tempfile.TemporaryDirectory() as tmp:
-                if backend == "sqlite":
-                    url, pg_name = f"sqlite:///{tmp}/bench.sqlite3", None
-                else:
-                    url, pg_name = create_postgres_database(args.postgres_url)
-                try:
-                    # One process per backend, so each reports its own peak RSS.
-                    out = subprocess.run(
-                        [sys.executable, __file__, "--cycles", str(args.cycles),
-                         "--one", f"{'postgresql' if pg_name else 'sqlite'},{feed_url},{url}"],
-                        capture_output=True, text=True, check=True,
-                    ).stdout  # fmt: skip
-                finally:
-                    if pg_name:
-                        drop_postgres_database(args.postgres_url, pg_name)
+            dialect = "postgresql" if backend == "postgres" else "sqlite"
+            with scratch_database(backend, args.postgres_url) as url:
+                # One process per backend, so each reports its own peak RSS.
+                out = subprocess.run(
+                    [sys.executable, __file__, "--cycles", str(args.cycles),
+                     "--one", f"{dialect},{feed_url},{url}"],
+                    capture_output=True, text=True, check=True,
+                ).stdout  # fmt: skip
             result = json.loads(out)
             print(json.dumps(result, indent=2))
             print(f"{result['backend']}:")

@@ -35,7 +35,7 @@ from monitor.rounds import RoundSummary
 from monitor.store.engine import Database
 from monitor.store.migrate import check_drift, current_revision, upgrade
 from monitor.store.repository import Repository
-from monitor.wiring import polling
+from monitor.wiring import polling, service_metrics
 from monitor.worker import prepare_database, run_service
 
 log = logging.getLogger("monitor.cli")
@@ -123,7 +123,8 @@ def poll_once(ctx: click.Context, chart_slugs: Sequence[str], fmt: str) -> None:
     charts = _configured_charts(settings, chart_slugs)
 
     async def poll(database: Database) -> RoundSummary:
-        async with polling(settings, database) as rounds:
+        metrics = service_metrics(settings, Repository(database))
+        async with polling(settings, database, metrics=metrics) as rounds:
             return await rounds.run_round(charts)
 
     with open_or_fail(settings, writer=True) as database:

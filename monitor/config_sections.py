@@ -53,6 +53,7 @@ class DatabaseSettings(_Section):
 class HttpSettings(_Section):
     host: NonEmptyStr = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_HTTP_PORT
+    grafana_url: HttpUrl | None = None  # linked from the status page
 
 
 class ItunesSettings(_Section):

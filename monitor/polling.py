@@ -22,6 +22,7 @@ from monitor.errors import (
     HttpStatusError,
     MonitorError,
 )
+from monitor.metrics import ServiceMetrics
 from monitor.model import (
     ChartKey,
     ChartSnapshot,
@@ -70,8 +71,10 @@ class Poller:
         endpoints: FeedEndpoints,
         settings: PollSettings,
         clock: Callable[[], dt.datetime],
+        metrics: ServiceMetrics,
     ) -> None:
         self._client = client
+        self._metrics = metrics
         self._repository = repository
         self._endpoints = endpoints
         self._settings = settings
@@ -146,6 +149,7 @@ class Poller:
         fetched()
         if not failures:
             raise MonitorError(f"{claim.chart}: no feed serves this chart")
+        self._count(failures)
         now = self._clock()
         await asyncio.to_thread(
             self._repository.record_failure,
@@ -229,6 +233,7 @@ class Poller:
         if snapshot is None:
             if not fetched.not_modified:
                 record = dataclasses.replace(record, outcome=FetchOutcome.UNCHANGED)
+            self._count([*failures, record])
             self._repository.record_unchanged(
                 claim,
                 validators=fetched.validators,
@@ -239,6 +244,7 @@ class Poller:
                 claim.chart, record.outcome, request.source, None, time.monotonic() - started
             )
         assert fetched.content_hash is not None
+        self._count([*failures, record])
         written = self._repository.record_snapshot(
             claim,
             snapshot,
@@ -255,6 +261,10 @@ class Poller:
             len(snapshot.entries),
             time.monotonic() - started,
         )
+
+    def _count(self, fetches: list[FetchRecord]) -> None:
+        for record in fetches:
+            self._metrics.fetched(record)
 
     def _failure_record(
         self,

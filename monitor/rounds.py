@@ -18,7 +18,8 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from monitor.errors import LeaseLost, MonitorError
+from monitor.errors import LeaseLost, MonitorError, StoreError
+from monitor.metrics import DatabaseOperation, ServiceMetrics
 from monitor.model import ChartKey, FetchOutcome, PollClaim
 from monitor.polling import Poller, PollResult
 from monitor.progress import Progress
@@ -58,8 +59,10 @@ class PollRounds:
         concurrency: int,
         lease: dt.timedelta,
         clock: Callable[[], dt.datetime],
+        metrics: ServiceMetrics,
     ) -> None:
         self._repository = repository
+        self._metrics = metrics
         self._poller = poller
         self._owner = owner
         self._concurrency = concurrency
@@ -80,7 +83,7 @@ class PollRounds:
         if self._stopping or self.running:
             return
         self._current = asyncio.create_task(self.run_round())
-        self._current.add_done_callback(_log_round_failure)
+        self._current.add_done_callback(self._round_ended)
 
     async def run_round(self, charts: Sequence[ChartKey] | None = None) -> RoundSummary:
         """Poll every due chart (or exactly `charts`, due or not) once."""
@@ -163,7 +166,14 @@ class PollRounds:
             except LeaseLost as exc:
                 # Expected when replicas share a database: another one owns the chart now.
                 errors += 1
+                self._metrics.lease_lost()
                 log.warning("%s", exc, extra={"chart": claim.chart.slug})
+            except StoreError as exc:
+                errors += 1
+                self._metrics.database_error(DatabaseOperation.POLL)
+                log.error(
+                    "poll of %s failed: %s", claim.chart, exc, extra={"chart": claim.chart.slug}
+                )
             except Exception:
                 errors += 1
                 log.exception("poll of %s crashed", claim.chart, extra={"chart": claim.chart.slug})
@@ -216,14 +226,17 @@ class PollRounds:
         if abandoned:
             log.info("abandoned %d in-flight polls; their charts stay due", len(abandoned))
 
-
-def _log_round_failure(task: asyncio.Task[RoundSummary]) -> None:
-    """A round started by tick() has no one awaiting it: its failure is logged here (and so
-    retrieved), and the next tick starts a new round."""
-    if task.cancelled():
-        return
-    exc = task.exception()
-    if exc is not None:
+    def _round_ended(self, task: asyncio.Task[RoundSummary]) -> None:
+        """A round started by tick() has no one awaiting it: its failure is logged and counted
+        here (and so retrieved), and the next tick starts a new round."""
+        if task.cancelled():
+            return
+        exc = task.exception()
+        if exc is None:
+            return
+        self._metrics.scheduler_errored()
+        if isinstance(exc, StoreError):
+            self._metrics.database_error(DatabaseOperation.ROUND)
         # A MonitorError (the database is down) says all there is to say in its message.
         traceback = None if isinstance(exc, MonitorError) else exc
         log.error("poll round failed: %s: %s", type(exc).__name__, exc, exc_info=traceback)

@@ -1,4 +1,4 @@
-"""The service's HTTP surface: liveness and readiness (metrics and the API come on top)."""
+"""The service's HTTP surface: status page, liveness, readiness and Prometheus metrics."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import dataclasses
 from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from monitor import __version__
+from monitor.metrics import EXPOSITION_CONTENT_TYPE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,8 +23,18 @@ class Readiness:
         return all(value == "ok" for value in self.checks.values())
 
 
-def create_app(*, readiness: Callable[[], Awaitable[Readiness]]) -> FastAPI:
+def create_app(
+    *,
+    readiness: Callable[[], Awaitable[Readiness]],
+    exposition: Callable[[], Awaitable[bytes]],
+    status_page: Callable[[], Awaitable[str]],
+) -> FastAPI:
     app = FastAPI(title="app-rank-monitor", version=__version__)
+
+    @app.get("/", response_class=HTMLResponse)
+    async def status() -> HTMLResponse:
+        """The status page: tracked apps' current ranks, source and schedule health."""
+        return HTMLResponse(await status_page())
 
     @app.get("/healthz")
     async def healthz() -> dict[str, str]:
@@ -38,5 +49,10 @@ def create_app(*, readiness: Callable[[], Awaitable[Readiness]]) -> FastAPI:
             {"ready": report.ready, "checks": report.checks},
             status_code=200 if report.ready else 503,
         )
+
+    @app.get("/metrics", response_class=Response)
+    async def metrics() -> Response:
+        """Prometheus metrics: this process's counters and the stored state, read once."""
+        return Response(await exposition(), media_type=EXPOSITION_CONTENT_TYPE)
 
     return app

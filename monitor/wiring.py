@@ -10,8 +10,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import httpx
+import prometheus_client
 
 from monitor.config import Settings
+from monitor.metrics import ServiceMetrics
+from monitor.model import Store
 from monitor.polling import Poller, PollSettings
 from monitor.rounds import PollRounds
 from monitor.sources.catalog import FeedEndpoints
@@ -49,11 +52,29 @@ def http_settings(settings: Settings) -> HttpSettings:
     )
 
 
+def watchlist_names(settings: Settings) -> dict[tuple[Store, str], str]:
+    """The name the watchlist gives each app: how metrics and the status page label it."""
+    return {(app.store, app.store_id): app.name for app in settings.watched_apps()}
+
+
+def service_metrics(settings: Settings, repository: Repository) -> ServiceMetrics:
+    # A `_created` series beside every counter and histogram doubles the series Prometheus
+    # stores for a timestamp nothing here reads.
+    prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
+    return ServiceMetrics(
+        poll_interval=settings.poll.interval,
+        read_state=lambda now: repository.service_state(now=now),
+        app_labels=watchlist_names(settings),
+        clock=utc_now,
+    )
+
+
 @contextlib.asynccontextmanager
 async def polling(
     settings: Settings,
     database: Database,
     *,
+    metrics: ServiceMetrics,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[PollRounds]:
     """Everything a poll round needs, closed on exit."""
@@ -73,6 +94,7 @@ async def polling(
                 failure_retry=min(FAILURE_RETRY, settings.poll.interval),
             ),
             clock=utc_now,
+            metrics=metrics,
         )
         yield PollRounds(
             repository=repository,
@@ -81,4 +103,5 @@ async def polling(
             concurrency=settings.fetch.concurrency,
             lease=settings.poll.lease,
             clock=utc_now,
+            metrics=metrics,
         )

@@ -12,19 +12,23 @@ from collections.abc import Iterator
 
 import httpx
 import uvicorn
+from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor import __version__
 from monitor.config import Settings
 from monitor.errors import MonitorError
+from monitor.metrics import ServiceMetrics
 from monitor.progress import Progress
 from monitor.rounds import PollRounds
+from monitor.single_flight import SingleFlight
+from monitor.status_page import StatusPage
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import upgrade
-from monitor.store.repository import Repository, ScheduleStatus
+from monitor.store.repository import Repository
 from monitor.web import Readiness, create_app
-from monitor.wiring import polling, utc_now
+from monitor.wiring import polling, service_metrics, utc_now, watchlist_names
 
 log = logging.getLogger(__name__)
 
@@ -63,29 +67,17 @@ def bind_listener(host: str, port: int) -> socket.socket:
 
 
 class DatabaseProbe:
-    """Asks the database for the schedule's status, with at most one question in flight.
-
-    Probes arriving while one is pending share its answer, so a hung database ties up one
-    worker thread, not one per readiness probe (the poll path needs the others).
-    """
+    """Asks the database for the schedule's status, with at most one question in flight."""
 
     def __init__(self, repository: Repository, timeout: float) -> None:
-        self._repository = repository
+        self._status = SingleFlight(lambda: repository.schedule_status(now=utc_now()))
         self._timeout = timeout
-        self._pending: asyncio.Future[ScheduleStatus] | None = None
 
     async def check(self) -> str:
         """Return "ok", or what is wrong."""
-        pending = self._pending
-        if pending is None or pending.done():
-            pending = self._pending = asyncio.ensure_future(
-                asyncio.to_thread(self._repository.schedule_status, now=utc_now())
-            )
-            # Retrieved here too, for the case where every waiter timed out before the end.
-            pending.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             async with asyncio.timeout(self._timeout):
-                await asyncio.shield(pending)
+                await self._status()
         except TimeoutError:
             return f"no answer within {self._timeout:g}s"
         except Exception as exc:
@@ -114,12 +106,17 @@ async def run_service(
     listener = bind_listener(settings.http.host, settings.http.port)
     with contextlib.closing(listener), open_database(settings.database.url, writer=True) as db:
         repository = prepare_database(settings, db)
-        async with polling(settings, db, transport=transport) as rounds:
-            await _serve(settings, repository, rounds, listener)
+        metrics = service_metrics(settings, repository)
+        async with polling(settings, db, metrics=metrics, transport=transport) as rounds:
+            await _serve(settings, repository, metrics, rounds, listener)
 
 
 async def _serve(
-    settings: Settings, repository: Repository, rounds: PollRounds, listener: socket.socket
+    settings: Settings,
+    repository: Repository,
+    metrics: ServiceMetrics,
+    rounds: PollRounds,
+    listener: socket.socket,
 ) -> None:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -136,6 +133,15 @@ async def _serve(
         next_run_time=utc_now(),
     )
 
+    def count_failed_tick(event: JobExecutionEvent) -> None:
+        if event.code == EVENT_JOB_MISSED:
+            log.warning("scheduler: a tick ran too late and was skipped")
+            metrics.scheduler_missed()
+        else:
+            metrics.scheduler_errored()
+
+    scheduler.add_listener(count_failed_tick, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
+
     database_probe = DatabaseProbe(repository, READINESS_TIMEOUT_SECONDS)
 
     async def readiness() -> Readiness:
@@ -149,7 +155,19 @@ async def _serve(
 
     server = _EmbeddedServer(
         uvicorn.Config(
-            create_app(readiness=readiness),
+            create_app(
+                readiness=readiness,
+                exposition=SingleFlight(metrics.exposition),
+                status_page=SingleFlight(
+                    StatusPage(
+                        repository,
+                        metrics,
+                        app_names=watchlist_names(settings),
+                        clock=utc_now,
+                        grafana_url=settings.http.grafana_url,
+                    ).render
+                ),
+            ),
             log_config=None,
             lifespan="off",
             access_log=False,

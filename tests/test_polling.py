@@ -21,6 +21,7 @@ import pytest
 from sqlalchemy import func, select
 
 from monitor.errors import LeaseLost
+from monitor.metrics import ServiceMetrics
 from monitor.model import (
     ChartKey,
     Collection,
@@ -163,6 +164,7 @@ class Harness:
     repository: Repository
     client: FeedClient
     poller: Poller
+    metrics: ServiceMetrics
 
     def claim(
         self, chart: ChartKey, *, owner: str = "test", lease: dt.timedelta = LEASE
@@ -185,6 +187,7 @@ class Harness:
             concurrency=concurrency,
             lease=LEASE,
             clock=utc_now,
+            metrics=self.metrics,
         )
 
     def task(self, chart: ChartKey) -> Any:
@@ -251,6 +254,12 @@ async def harness(
     repository.sync_charts(chart_keys, now=scheduled_at or utc_now())
     repository.sync_watchlist([WatchedApp(Store.APPLE, DEEPSEEK_ID, "DeepSeek")])
     # random() = 0: full-jitter backoff sleeps nothing, so a retry storm costs no time.
+    metrics = ServiceMetrics(
+        poll_interval=interval,
+        read_state=lambda now: repository.service_state(now=now),
+        app_labels={},
+        clock=utc_now,
+    )
     async with FeedClient(http or http_settings(), random=lambda: 0.0) as client:
         poller = Poller(
             client=client,
@@ -265,8 +274,9 @@ async def harness(
                 failure_retry=min(FAILURE_RETRY, interval),
             ),
             clock=utc_now,
+            metrics=metrics,
         )
-        yield Harness(database, repository, client, poller)
+        yield Harness(database, repository, client, poller, metrics)
 
 
 def within(value: dt.datetime, earliest: dt.datetime, latest: dt.datetime) -> bool:
@@ -329,6 +339,20 @@ async def test_v2_failure_falls_back_to_the_legacy_feed(
     )
     # A fallback that served the chart is no gap in history.
     assert h.deepseek_history(US_FREE) == [(RankStatus.LISTED, 31)]
+    # Each feed's fetch is counted under its own source.
+    fetches = {
+        (source, outcome): h.metrics.registry.get_sample_value(
+            "apprank_fetches_total", {"source": source, "outcome": outcome}
+        )
+        for source in ("apple_v2", "itunes_rss")
+        for outcome in ("changed", "failed")
+    }
+    assert fetches == {
+        ("apple_v2", "changed"): 0,
+        ("apple_v2", "failed"): 1,
+        ("itunes_rss", "changed"): 1,
+        ("itunes_rss", "failed"): 0,
+    }
     task = h.task(US_FREE)
     assert (task.consecutive_failures, task.last_error, task.last_source) == (0, None, "itunes_rss")
     assert within(task.next_due_at, before + INTERVAL, after + INTERVAL)

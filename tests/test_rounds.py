@@ -366,6 +366,7 @@ def gated_rounds(h: Harness, gate: ClaimGate, *, concurrency: int) -> PollRounds
         concurrency=concurrency,
         lease=LEASE,
         clock=utc_now,
+        metrics=h.metrics,
     )
 
 

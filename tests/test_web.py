@@ -39,9 +39,19 @@ def checks() -> Checks:
     return Checks(database="ok", scheduler="ok")
 
 
+async def exposition() -> bytes:
+    return b"# HELP apprank_up_example An example.\n"
+
+
+async def status_page() -> str:
+    return "<!doctype html><title>status</title>"
+
+
 @pytest.fixture
 async def client(checks: Checks) -> AsyncIterator[httpx.AsyncClient]:
-    transport = httpx.ASGITransport(app=create_app(readiness=checks))
+    transport = httpx.ASGITransport(
+        app=create_app(readiness=checks, exposition=exposition, status_page=status_page)
+    )
     async with httpx.AsyncClient(transport=transport, base_url="http://monitor.test") as client:
         yield client
 

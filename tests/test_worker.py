@@ -39,6 +39,7 @@ from monitor.worker import DatabaseProbe, run_service
 from tests.support.http_server import ScriptedServer
 from tests.support.processes import free_port
 from tests.test_polling import AppleFeeds, apple_server, legacy_path
+from tests.test_status_page import GRAFANA, app_section
 
 pytestmark = pytest.mark.anyio
 
@@ -353,3 +354,31 @@ async def test_readiness_probes_share_one_database_question_while_it_hangs() -> 
             break
         await asyncio.sleep(0.05)
     assert answers[-1] == "ok"
+
+
+async def test_the_running_service_serves_the_page_at_the_root(
+    sqlite_url: str, apple: ScriptedServer
+) -> None:
+    port = free_port()
+    environment = {
+        **service_environment(sqlite_url, apple.url(""), port),
+        "MONITOR_HTTP_GRAFANA_URL": GRAFANA,
+    }
+    settings = load_settings(None, environment)
+
+    async with running_service(settings) as service, httpx.AsyncClient(timeout=10) as client:
+
+        async def deepseek_ranked() -> bool:
+            response = await client.get(f"http://127.0.0.1:{port}/")
+            assert response.status_code == 200
+            assert response.headers["content-type"].startswith("text/html")
+            return "#31<" in app_section(response.text, "DeepSeek")
+
+        await wait_until(deepseek_ranked, "DeepSeek's rank on the page", service=service)
+        html = (await client.get(f"http://127.0.0.1:{port}/")).text
+        os.kill(os.getpid(), signal.SIGTERM)
+        await service
+
+    for name in ("ChatGPT", "Claude by Anthropic", "Google Gemini", "Microsoft Copilot"):
+        assert f"<h3>{name}" in html
+    assert f'<a href="{GRAFANA}">Grafana</a>' in html
