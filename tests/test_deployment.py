@@ -8,9 +8,7 @@ Without those tools the tests skip with the reason, except under CI=true where t
 from __future__ import annotations
 
 import json
-import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,30 +19,25 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.support.compose import bind_mounts, named_volumes
 from tests.support.http_server import Response, ScriptedServer
 from tests.support.processes import environment, free_port, wait_for
+from tests.support.tools import assert_lints_clean, require
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "deploy" / "Dockerfile"
 PASSWORD_VARIABLE = "POSTGRES_PASSWORD"
-
-
-def require(tool: str) -> str:
-    path = shutil.which(tool)
-    if path is not None:
-        return path
-    reason = f"{tool} is not installed (Debian package {tool})"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"{reason}; it is required under CI=true")
-    pytest.skip(reason)
+SECRETS = {PASSWORD_VARIABLE: "s3cret", "GRAFANA_ADMIN_PASSWORD": "gr4fana"}
+# Service -> the container ports published: web UIs only.
+PUBLISHED = {"monitor": [10127], "prometheus": [9090], "grafana": [3000], "mailpit": [8025]}
 
 
 def compose_config(tmp_path: Path, variables: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """`docker-compose config` with exactly `variables` as the .env file."""
     env_file = tmp_path / "compose.env"
     env_file.write_text("".join(f"{k}={v}\n" for k, v in variables.items()), encoding="utf-8")
-    env = {k: v for k, v in environment().items() if k != PASSWORD_VARIABLE}
+    env = {k: v for k, v in environment().items() if k not in SECRETS}
     return subprocess.run(
         [require("docker-compose"), "--env-file", str(env_file), "-f", str(COMPOSE_FILE), "config"],
         cwd=ROOT,
@@ -58,8 +51,8 @@ def compose_config(tmp_path: Path, variables: dict[str, str]) -> subprocess.Comp
 
 @pytest.fixture
 def resolved(tmp_path: Path) -> dict[str, Any]:
-    """The compose file as docker-compose resolves it, with a password set."""
-    result = compose_config(tmp_path, {PASSWORD_VARIABLE: "s3cret"})
+    """The compose file as docker-compose resolves it, with the secrets set."""
+    result = compose_config(tmp_path, SECRETS)
     assert result.returncode == 0, result.stderr
     config: dict[str, Any] = yaml.safe_load(result.stdout)
     return config
@@ -80,37 +73,67 @@ def test_the_compose_file_runs_the_monitor_on_a_healthy_postgres(resolved: dict[
     assert "postgres-data" in resolved["volumes"]
 
 
-def test_the_compose_file_refuses_to_run_without_the_database_password(tmp_path: Path) -> None:
-    result = compose_config(tmp_path, {})
+@pytest.mark.parametrize("missing", sorted(SECRETS))
+def test_the_compose_file_refuses_to_run_without_a_required_secret(
+    tmp_path: Path, missing: str
+) -> None:
+    result = compose_config(tmp_path, {k: v for k, v in SECRETS.items() if k != missing})
 
     assert result.returncode != 0
-    assert PASSWORD_VARIABLE in result.stderr
+    assert missing in result.stderr
     assert ".env.example" in result.stderr  # says where to look
 
 
-def test_images_are_pinned_and_only_the_monitor_is_published(resolved: dict[str, Any]) -> None:
+def test_images_are_pinned_and_only_the_web_uis_are_published(resolved: dict[str, Any]) -> None:
     services = resolved["services"]
     pulled = {name: s["image"] for name, s in services.items() if "build" not in s}
-    published = {name for name, service in services.items() if service.get("ports")}
+    published = {
+        name: [port["target"] for port in service["ports"]]
+        for name, service in services.items()
+        if service.get("ports")
+    }
 
     # A tag with a version number, never `latest` or none: `up` must mean the same thing later.
-    assert pulled
+    assert set(pulled) == {"postgres", "prometheus", "grafana", "mailpit"}
     assert all(re.search(r":[^:]*\d", image) for image in pulled.values()), pulled
-    assert published == {"monitor"}
-    assert [port["target"] for port in services["monitor"]["ports"]] == [10127]
+    assert published == PUBLISHED
+
+
+def test_grafana_requires_its_admin_password_and_anonymous_viewing_is_opt_in(
+    resolved: dict[str, Any],
+) -> None:
+    grafana = resolved["services"]["grafana"]["environment"]
+
+    assert grafana["GF_SECURITY_ADMIN_PASSWORD"] == SECRETS["GRAFANA_ADMIN_PASSWORD"]
+    assert grafana["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert grafana["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+
+
+def test_prometheus_gets_the_scrape_config_and_rules_where_the_config_looks(
+    resolved: dict[str, Any],
+) -> None:
+    prometheus = resolved["services"]["prometheus"]
+    mounts = bind_mounts(prometheus, ROOT)
+    scrape_config = yaml.safe_load((ROOT / "deploy/prometheus/prometheus.yml").read_text("utf-8"))
+
+    assert "--config.file=/etc/prometheus/prometheus.yml" in prometheus["command"]
+    assert (
+        Path(mounts["/etc/prometheus/prometheus.yml"]) == ROOT / "deploy/prometheus/prometheus.yml"
+    )
+    assert Path(mounts["/etc/prometheus/rules"]) == ROOT / "deploy/prometheus/rules"
+    assert scrape_config["rule_files"] == ["/etc/prometheus/rules/*.yml"]
+    (job,) = scrape_config["scrape_configs"]
+    assert job["static_configs"] == [{"targets": ["monitor:10127"]}]
+    # Every named volume is declared, so data survives `docker compose down`.
+    named = set().union(*(named_volumes(service) for service in resolved["services"].values()))
+    assert named == set(resolved["volumes"]) == {
+        "postgres-data", "prometheus-data", "grafana-data", "mailpit-data"
+    }  # fmt: skip
 
 
 def test_the_compose_file_has_no_version_key_and_the_deployment_yaml_lints_clean() -> None:
     assert "version" not in yaml.safe_load(COMPOSE_FILE.read_text(encoding="utf-8"))
-    result = subprocess.run(
-        [require("yamllint"), "--strict", "docker-compose.yml", ".yamllint.yaml"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert_lints_clean(ROOT, COMPOSE_FILE, ROOT / ".yamllint.yaml")
 
 
 def dockerfile_instructions() -> list[tuple[str, str]]:
