@@ -147,7 +147,7 @@ def page(repository: Repository, metrics: ServiceMetrics, *, grafana_url: str | 
 
 def app_section(html: str, label: str) -> str:
     """The part of the page about one tracked app: from its heading to the next one."""
-    sections = re.split(r"<h3>", html)
+    sections = re.split(r'<h3 id="app-\d+">', html)
     matching = [section for section in sections if section.startswith(label)]
     assert len(matching) == 1, f"no single section for {label!r}"
     return matching[0].split("</section>")[0]
@@ -184,7 +184,22 @@ def test_the_page_lists_each_tracked_app_with_its_ranks_best_first(
     assert "#2<" in row(chatgpt, "US · top free")
     # The name is the watchlist's and the store's: said once.
     assert chatgpt.count("ChatGPT") == 1
-    assert html.index("<h3>ChatGPT") < html.index("<h3>DeepSeek")
+    assert html.index(">ChatGPT <small>") < html.index(">DeepSeek <small>")
+
+
+def test_an_overview_leads_with_each_apps_best_rank_and_links_to_its_section(
+    week: Repository, metrics: ServiceMetrics
+) -> None:
+    html = page(week, metrics)
+
+    overview = html.split("<h3")[0]
+    deepseek = row(overview, ">DeepSeek</a>")
+    anchor = re.search(r'href="#(app-\d+)"', deepseek)
+    assert anchor is not None
+    assert f'<h3 id="{anchor[1]}">DeepSeek' in html
+    assert "#1<" in deepseek
+    assert "US · top free · iphone · all genres" in deepseek
+    assert "2 of 3 charts" in deepseek
 
 
 def test_a_chart_not_listing_the_app_says_so_with_its_depth(

@@ -380,5 +380,5 @@ async def test_the_running_service_serves_the_page_at_the_root(
         await service
 
     for name in ("ChatGPT", "Claude by Anthropic", "Google Gemini", "Microsoft Copilot"):
-        assert f"<h3>{name}" in html
+        assert f">{name} <small>" in html
     assert f'<a href="{GRAFANA}">Grafana</a>' in html
