@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import enum
 import logging
 import platform
 import threading
 from collections.abc import Callable, Mapping
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -37,7 +37,9 @@ log = logging.getLogger(__name__)
 # A source is reported down after this many fetches from it failed in a row: one chart's
 # failure (a genre a storefront lacks) must not flip it.
 SOURCE_DOWN_AFTER_FAILURES = 3
-EXPOSITION_CONTENT_TYPE = CONTENT_TYPE_LATEST
+# The classic text format, which every Prometheus 2.x and 3.x reads; metrics_state.py writes
+# it, and prometheus_client's generate_latest too (whose "latest" content type says 1.0.0).
+EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 FETCH_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -51,7 +53,7 @@ class SourceStatus:
     failures_in_a_row: int
 
 
-class DatabaseOperation:
+class DatabaseOperation(enum.StrEnum):
     """Values of the `operation` label of apprank_database_errors_total."""
 
     POLL = "poll"
@@ -148,12 +150,8 @@ class ServiceMetrics:
         for source in SourceName:
             for outcome in FetchOutcome:
                 self._fetches.labels(source.value, outcome.value)
-        for operation in (
-            DatabaseOperation.POLL,
-            DatabaseOperation.ROUND,
-            DatabaseOperation.SCRAPE,
-        ):
-            self._database_errors.labels(operation)
+        for operation in DatabaseOperation:
+            self._database_errors.labels(operation.value)
         self._failures_in_a_row: dict[SourceName, int] = {}
         self._fetch_counts: dict[SourceName, dict[FetchOutcome, int]] = {
             source: dict.fromkeys(FetchOutcome, 0) for source in SourceName
@@ -212,8 +210,8 @@ class ServiceMetrics:
     def scheduler_errored(self) -> None:
         self._scheduler_errored.inc()
 
-    def database_error(self, operation: str) -> None:
-        self._database_errors.labels(operation).inc()
+    def database_error(self, operation: DatabaseOperation) -> None:
+        self._database_errors.labels(operation.value).inc()
 
     def lease_lost(self) -> None:
         self._leases_lost.inc()

@@ -39,12 +39,18 @@ def checks() -> Checks:
     return Checks(database="ok", scheduler="ok")
 
 
+EXPOSITION = (
+    b"# HELP apprank_example An example.\n# TYPE apprank_example gauge\napprank_example 1.0\n"
+)
+STATUS_PAGE = "<!doctype html><title>status</title>"
+
+
 async def exposition() -> bytes:
-    return b"# HELP apprank_up_example An example.\n"
+    return EXPOSITION
 
 
 async def status_page() -> str:
-    return "<!doctype html><title>status</title>"
+    return STATUS_PAGE
 
 
 @pytest.fixture
@@ -118,3 +124,19 @@ async def test_the_openapi_document_names_the_service_and_its_version(
     info = response.json()["info"]
     assert (info["title"], info["version"]) == ("app-rank-monitor", __version__)
     assert {"/healthz", "/readyz"} <= response.json()["paths"].keys()
+
+
+async def test_metrics_are_served_in_the_prometheus_text_format(client: httpx.AsyncClient) -> None:
+    response = await client.get("/metrics")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/plain; version=0.0.4; charset=utf-8"
+    assert response.content == EXPOSITION
+
+
+async def test_the_status_page_is_served_as_html_at_the_root(client: httpx.AsyncClient) -> None:
+    response = await client.get("/")
+
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "text/html; charset=utf-8"
+    assert response.text == STATUS_PAGE
