@@ -30,6 +30,8 @@ from monitor.store.repository import CurrentRank, Repository, ServiceState, Trac
 log = logging.getLogger(__name__)
 
 SPARKLINE_WINDOW = dt.timedelta(days=7)
+# Per app: enough for the default 33 charts, few enough for a fast page on a world poll.
+SPARKLINE_CHARTS = 36
 SPARKLINE_WIDTH = 120
 SPARKLINE_HEIGHT = 24
 # Keeps the stroke of the top and bottom ranks inside the box.
@@ -146,8 +148,9 @@ class ChartRank:
 
 @dataclasses.dataclass(frozen=True)
 class AppView:
-    """A tracked app: charts listing it now or within the window (best rank first) are shown
-    with their sparkline; the others are only counted and listed folded."""
+    """A tracked app: charts listing it now, or within the window among its first
+    `sparkline_charts` charts, are shown (best rank first, with a sparkline where there is one);
+    the others are only counted and listed folded."""
 
     label: str
     status: TrackedAppStatus
@@ -180,6 +183,7 @@ class StatusPage:
         clock: Callable[[], dt.datetime],
         grafana_url: str | None = None,
         window: dt.timedelta = SPARKLINE_WINDOW,
+        sparkline_charts: int = SPARKLINE_CHARTS,
     ) -> None:
         self._repository = repository
         self._metrics = metrics
@@ -187,6 +191,7 @@ class StatusPage:
         self._clock = clock
         self._grafana_url = grafana_url
         self._window = window
+        self._sparkline_charts = sparkline_charts
 
     def render(self) -> str:
         """The page as of now (blocking: reads the database)."""
@@ -225,15 +230,20 @@ class StatusPage:
         labels = unique_app_labels(state.tracked, self._app_names)
         views = []
         for status in state.tracked:
-            history = self._repository.history(status.app.id, since=since, until=now)
+            # Listed charts first, best rank first: with more charts than `sparkline_charts`
+            # (a world poll), the history read stays bounded and the rest go without.
+            ordered = sorted(status.ranks, key=lambda c: (c.rank is None, c.rank or 0, c.chart))
+            drawn = {current.chart for current in ordered[: self._sparkline_charts]}
+            history = self._repository.history(status.app.id, since=since, until=now, only=drawn)
             # Sorted by (chart, time): one group per chart.
             by_chart = {
                 chart: list(points)
                 for chart, points in itertools.groupby(history, key=lambda point: point.chart)
             }
             shown, unlisted = [], []
-            for current in status.ranks:
-                lines = held_ranks(by_chart.get(current.chart, []), current, since=since)
+            for current in ordered:
+                points = by_chart.get(current.chart, [])
+                lines = held_ranks(points, current, since=since) if current.chart in drawn else []
                 if lines or current.rank is not None:
                     line = sparkline(lines, since=since, until=now, depth=current.depth)
                     shown.append(ChartRank(current, line))

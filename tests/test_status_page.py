@@ -202,6 +202,21 @@ def test_an_overview_leads_with_each_apps_best_rank_and_links_to_its_section(
     assert "2 of 3 charts" in deepseek
 
 
+def test_past_the_sparkline_budget_listed_charts_show_their_rank_without_one(
+    week: Repository, metrics: ServiceMetrics
+) -> None:
+    html = StatusPage(
+        week, metrics, app_names=WATCHLIST, clock=lambda: NOW, sparkline_charts=1
+    ).render()
+
+    deepseek = app_section(html, "DeepSeek")
+    best = row(deepseek, "US · top free · iphone · all genres")
+    beyond = row(deepseek, "JP · top free · iphone · all genres")
+    assert "<svg" in best
+    assert "#7<" in beyond
+    assert "<svg" not in beyond
+
+
 def test_a_chart_not_listing_the_app_says_so_with_its_depth(
     week: Repository, metrics: ServiceMetrics
 ) -> None:
@@ -209,7 +224,7 @@ def test_a_chart_not_listing_the_app_says_so_with_its_depth(
 
     chatgpt = app_section(html, "ChatGPT")
     folded = chatgpt.split("<details>")[1]
-    assert "Not listed in the last 7d on 2 more charts<" in folded
+    assert "Not listed on 2 more charts<" in folded
     assert "US · top paid · iphone · all genres: not listed (below #100)" in folded
     assert "JP · top free · iphone · all genres: not listed (below #100)" in folded
     assert "confirmed 2d ago" in folded

@@ -8,7 +8,7 @@ points come from the fetch log, one per failed poll however many feeds it tried.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, LargeBinary, and_, bindparam, false, func, select
@@ -30,8 +30,10 @@ def history(
     device: str | None,
     since: dt.datetime | None,
     until: dt.datetime | None,
+    only: Collection[ChartKey] | None = None,
 ) -> list[RankPoint]:
-    """The app's points on every chart (matching the filters) that has ever listed it."""
+    """The app's points on every chart (matching the filters, and among `only` if given)
+    that has ever listed it."""
     tracked = connection.scalar(select(apps.c.tracked).where(apps.c.id == app_id))
     if tracked is None:
         return []
@@ -46,6 +48,8 @@ def history(
             if value is not None
         )
     )
+    if only is not None:
+        wanted_charts = wanted_charts.where(charts.c.id.in_(catalog.ids(connection, only).values()))
     if tracked:
         chart_ids = set(
             connection.scalars(

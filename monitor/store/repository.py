@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import TypeVar
 
 from sqlalchemy import Connection
@@ -225,10 +225,11 @@ class Repository:
         device: str | None = None,
         since: dt.datetime | None = None,
         until: dt.datetime | None = None,
+        only: Collection[ChartKey] | None = None,
     ) -> list[RankPoint]:
         """The app's rank points, sorted by (chart, time), on every chart matching the filters
-        that has listed it at least once: LISTED, BELOW_DEPTH (a snapshot without it) or
-        FETCH_FAILED (a poll that got no chart at all)."""
+        (and among `only`, if given) that has listed it at least once: LISTED, BELOW_DEPTH (a
+        snapshot without it) or FETCH_FAILED (a poll that got no chart at all)."""
         return reading(
             self._engine,
             lambda c: rank_history.history(
@@ -241,6 +242,7 @@ class Repository:
                 device=device,
                 since=since,
                 until=until,
+                only=only,
             ),
         )
 

@@ -65,8 +65,11 @@ def test_history_filters_by_chart_and_time(poller: Poller) -> None:
     us_only = repository.history(app_id, country="us", collection="top_free", device="iphone")
     window = repository.history(app_id, country="us", since=T0 + HOUR, until=T0 + 3 * HOUR)
     ipad = repository.history(app_id, device="ipad")
+    japan = repository.history(app_id, only={JP_FREE, US_PAID})
 
     assert _summary(us_only) == EXPECTED[1:]
+    assert _summary(japan) == EXPECTED[:1]
+    assert repository.history(app_id, only=set()) == []
     assert _summary(window) == EXPECTED[2:5]
     assert ipad == []
 
