@@ -1,0 +1,1 @@
+"""Rank alerts: rule evaluation, the outbox, and the email and webhook channels."""

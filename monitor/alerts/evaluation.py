@@ -1,0 +1,296 @@
+"""Rule evaluation: pure code over (episodes so far, one poll of one chart, rules).
+
+Each rule has one episode per target: an app on the chart (for rival rules, an app and the
+rival it passed; for breadth rules, an app across the chart's countries). An episode exists
+while its condition holds; it fires once confirmed, may repeat, and its end is the resolved
+notice. The caller stores the episodes between polls and turns the events into notifications.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Iterator, Mapping, Sequence
+
+from monitor.alerts import summaries
+from monitor.alerts.model import AlertEvent, AppRef, EventState, RuleKind, chart_title
+from monitor.alerts.rules import Rule
+from monitor.model import ChartKey
+
+Ranks = Mapping[AppRef, int | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class ChartUpdate:
+    """What one successful poll of a chart tells the rules about the tracked apps.
+
+    `ranks` holds every tracked app: its rank, or None below the visible `depth`. `previous`
+    is the same as of the chart's previous evaluated poll (None: this is the first).
+    `past[window]` gives the ranks as of `at - window`, for the windows the rules use (a
+    window is missing when no snapshot is that old). `countries[app]` gives the app's current
+    rank in every watched country of this kind of chart (same collection, device and genre),
+    this chart's country included, for breadth rules.
+    """
+
+    chart: ChartKey
+    at: dt.datetime
+    depth: int
+    ranks: Ranks
+    previous: Ranks | None
+    past: Mapping[dt.timedelta, Ranks] = dataclasses.field(default_factory=dict)
+    countries: Mapping[AppRef, Mapping[str, int | None]] = dataclasses.field(default_factory=dict)
+
+
+@dataclasses.dataclass(frozen=True)
+class Episode:
+    """A condition that holds on a target: since when, for how many polls, and whether (and
+    when last) it was notified."""
+
+    since: dt.datetime
+    polls: int
+    firing: bool
+    notified_at: dt.datetime | None
+
+
+@dataclasses.dataclass(frozen=True, order=True)
+class EpisodeKey:
+    rule: str
+    app: AppRef
+    target: str  # a chart slug, "slug>rival id" or a breadth scope
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The events of one poll, and the episodes to store: None deletes one that ended."""
+
+    events: tuple[AlertEvent, ...]
+    episodes: Mapping[EpisodeKey, Episode | None]
+
+
+@dataclasses.dataclass(frozen=True)
+class _Check:
+    """A rule's condition on one target at this poll."""
+
+    key: EpisodeKey
+    rule: Rule
+    app: AppRef
+    chart: ChartKey | None
+    scope: str
+    holds: bool
+    now: int | None
+    before: int | None
+    facts: Mapping[str, str]
+
+
+def breadth_scope(chart: ChartKey) -> str:
+    """The countries a breadth rule counts across: one kind of chart ("Top Free iPhone")."""
+    return chart_title(chart).split(" ", 1)[1]
+
+
+def evaluate(
+    update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode], rules: Sequence[Rule]
+) -> Evaluation:
+    """The events this poll causes and the episodes it starts, continues and ends."""
+    events: list[AlertEvent] = []
+    changed: dict[EpisodeKey, Episode | None] = {}
+    for check in _checks(update, episodes, rules):
+        episode = episodes.get(check.key)
+        if not check.holds:
+            if episode is not None:
+                changed[check.key] = None
+                if episode.firing and check.rule.send_resolved:
+                    events.append(_event(check, update, EventState.RESOLVED, episode.since))
+            continue
+        if episode is None:
+            episode = Episode(since=update.at, polls=0, firing=False, notified_at=None)
+        episode = dataclasses.replace(episode, polls=episode.polls + 1)
+        rule = check.rule
+        confirmed = (
+            episode.polls >= rule.confirm_snapshots
+            and update.at - episode.since >= rule.confirm_for
+        )
+        repeat_due = (
+            episode.firing
+            and rule.repeat_interval is not None
+            and episode.notified_at is not None
+            and update.at - episode.notified_at >= rule.repeat_interval
+        )
+        if (confirmed and not episode.firing) or repeat_due:
+            events.append(_event(check, update, EventState.FIRING, episode.since, repeat_due))
+            episode = dataclasses.replace(episode, firing=True, notified_at=update.at)
+        changed[check.key] = episode
+    return Evaluation(tuple(events), changed)
+
+
+def _checks(
+    update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode], rules: Sequence[Rule]
+) -> Iterator[_Check]:
+    chart = update.chart
+    for rule in rules:
+        if not rule.covers(chart):
+            continue
+        for app in sorted(update.ranks):
+            if not rule.watches(app):
+                continue
+            if rule.kind is RuleKind.RIVAL_PASSED:
+                yield from _rival_checks(rule, app, update, episodes)
+            elif rule.kind is RuleKind.BREADTH:
+                yield _breadth_check(rule, app, update, episodes)
+            else:
+                yield _chart_check(rule, app, update, episodes)
+
+
+def _chart_check(
+    rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
+) -> _Check:
+    key = EpisodeKey(rule.name, app, update.chart.slug)
+    now = update.ranks[app]
+    before = update.previous.get(app) if update.previous is not None else None
+    facts: dict[str, str] = {}
+    if rule.kind is RuleKind.MOVED:
+        if rule.window is not None:
+            past = update.past.get(rule.window)
+            before = past.get(app) if past is not None else None
+            facts["window"] = summaries.duration(rule.window)
+        holds = _moved_enough(rule, now, before)
+    else:
+        holds = _entered(
+            _inside(rule, now),
+            None if update.previous is None else _inside(rule, before),
+            active=key in episodes,
+        )
+    if rule.top is not None:
+        facts["top"] = str(rule.top)
+    return _Check(
+        key, rule, app, update.chart, chart_title(update.chart), holds, now, before, facts
+    )
+
+
+def _moved_enough(rule: Rule, now: int | None, before: int | None) -> bool:
+    """Only between two listed ranks: an app dropping out or coming back is not a move (the
+    dropped-out rule tells it), so "dropped out" never comes with "moved" for one target."""
+    if now is None or before is None:
+        return False
+    up = before - now
+    return (rule.places_up is not None and up >= rule.places_up) or (
+        rule.places_down is not None and -up >= rule.places_down
+    )
+
+
+def _inside(rule: Rule, rank: int | None) -> bool:
+    """Where an ENTERED_TOP, LEFT_TOP or DROPPED_OUT condition holds, given the way in."""
+    if rule.kind is RuleKind.ENTERED_TOP:
+        return _in_top(rank, rule.top)
+    if rule.kind is RuleKind.LEFT_TOP:
+        return not _in_top(rank, rule.top)
+    return rank is None
+
+
+def _in_top(rank: int | None, top: int | None) -> bool:
+    return rank is not None and top is not None and rank <= top
+
+
+def _entered(inside_now: bool, inside_before: bool | None, *, active: bool) -> bool:
+    """A sticky condition: it starts when the target goes from outside to inside (known from
+    the previous poll; unknown at a chart's first poll) and holds while it stays inside."""
+    return inside_now and (active or inside_before is False)
+
+
+def _rival_checks(
+    rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
+) -> Iterator[_Check]:
+    now = update.ranks[app]
+    before = update.previous.get(app) if update.previous is not None else None
+    for rival in sorted(update.ranks):
+        if rival == app or not rule.is_rival(rival):
+            continue
+        key = EpisodeKey(rule.name, app, f"{update.chart.slug}>{rival.store_id}")
+        rival_now = update.ranks[rival]
+        rival_before = update.previous.get(rival) if update.previous is not None else None
+        holds = _entered(
+            _ahead(now, rival_now) and (rule.top is None or _in_top(now, rule.top)),
+            None if update.previous is None else _ahead(before, rival_before),
+            active=key in episodes,
+        )
+        facts = {"rival": rival.name, "rival_rank": summaries.rank_text(rival_now, update.depth)}
+        if rival_before is not None:
+            facts["rival_previous_rank"] = str(rival_before)
+        yield _Check(
+            key, rule, app, update.chart, chart_title(update.chart), holds, now, before, facts
+        )
+
+
+def _ahead(rank: int | None, rival: int | None) -> bool:
+    """Both listed, `rank` above `rival`: a rival that dropped out was not passed."""
+    return rank is not None and rival is not None and rank < rival
+
+
+def _breadth_check(
+    rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
+) -> _Check:
+    scope = breadth_scope(update.chart)
+    chart = update.chart
+    key = EpisodeKey(rule.name, app, f"{chart.collection}/{chart.device}/{chart.genre}")
+    countries = {
+        country: rank
+        for country, rank in update.countries.get(app, {}).items()
+        if not rule.countries or country in rule.countries
+    }
+    in_top = sorted(country for country, rank in countries.items() if _in_top(rank, rule.top))
+    needed = rule.countries_needed or 0
+    count_before: int | None = None
+    if update.previous is not None:
+        before = {**countries, update.chart.country: update.previous.get(app)}
+        count_before = sum(_in_top(rank, rule.top) for rank in before.values())
+    holds = _entered(
+        len(in_top) >= needed,
+        None if count_before is None else count_before >= needed,
+        active=key in episodes,
+    )
+    facts = {
+        "top": str(rule.top),
+        "countries_needed": str(needed),
+        "countries": ", ".join(country.upper() for country in in_top),
+        "country_count": str(len(in_top)),
+        "watched_countries": str(len(countries)),
+    }
+    return _Check(key, rule, app, None, scope, holds, None, None, facts)
+
+
+def _event(
+    check: _Check,
+    update: ChartUpdate,
+    state: EventState,
+    since: dt.datetime,
+    repeat: bool = False,
+) -> AlertEvent:
+    key = check.key
+    parts = [key.rule, key.app.store, key.app.store_id, key.target, state, since.isoformat()]
+    if repeat:
+        parts.append(update.at.isoformat())
+    depth = update.depth if check.chart is not None else None
+    return AlertEvent(
+        rule=check.rule.name,
+        kind=check.rule.kind,
+        state=state,
+        severity=check.rule.severity,
+        app=check.app,
+        chart=check.chart,
+        scope=check.scope,
+        at=update.at,
+        rank=check.now,
+        previous_rank=check.before,
+        depth=depth,
+        summary=summaries.summary(
+            check.rule.kind,
+            state,
+            app=check.app,
+            scope=check.scope,
+            now=check.now,
+            before=check.before,
+            depth=depth,
+            facts=check.facts,
+        ),
+        facts=check.facts,
+        dedupe_key="|".join(parts),
+    )

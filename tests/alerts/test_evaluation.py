@@ -1,0 +1,394 @@
+"""Rule evaluation, poll by poll: which events each poll causes, and which it must not.
+
+Scenario tests replay DeepSeek's climb and the noise cases one by one; the property tests
+check the incremental evaluation against a reference model that looks at a whole rank history
+at once (runs of polls where a condition holds), for random histories and rules.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+from collections.abc import Mapping, Sequence
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from monitor.alerts.evaluation import ChartUpdate, Episode, EpisodeKey, evaluate
+from monitor.alerts.model import AlertEvent, AppRef, EventState, RuleKind
+from monitor.alerts.rules import Rule
+from monitor.model import ChartKey, Collection, Device, Store
+
+T0 = dt.datetime(2025, 1, 24, 12, 0, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+US_FREE = ChartKey(Store.APPLE, "us", Collection.TOP_FREE, Device.IPHONE)
+DEEPSEEK = AppRef(Store.APPLE, "6737597349", "DeepSeek")
+CHATGPT = AppRef(Store.APPLE, "6448311069", "ChatGPT")
+
+Ranks = Mapping[AppRef, int | None]
+
+
+class Chart:
+    """Polls of one chart fed through `evaluate`, keeping the episodes as the store would."""
+
+    def __init__(self, rules: Sequence[Rule], chart: ChartKey = US_FREE) -> None:
+        self.rules = rules
+        self.chart = chart
+        self.episodes: dict[EpisodeKey, Episode] = {}
+        self.previous: Ranks | None = None
+        self.history: list[tuple[dt.datetime, Ranks]] = []
+
+    def poll(
+        self,
+        at: dt.datetime,
+        ranks: Ranks,
+        *,
+        depth: int = 100,
+        countries: Mapping[AppRef, Mapping[str, int | None]] | None = None,
+    ) -> list[AlertEvent]:
+        windows = {rule.window for rule in self.rules if rule.window is not None}
+        past = {window: self._ranks_at(at - window) for window in windows}
+        update = ChartUpdate(
+            chart=self.chart,
+            at=at,
+            depth=depth,
+            ranks=ranks,
+            previous=self.previous,
+            past={window: value for window, value in past.items() if value is not None},
+            countries=countries or {},
+        )
+        result = evaluate(update, self.episodes, self.rules)
+        for key, episode in result.episodes.items():
+            if episode is None:
+                del self.episodes[key]
+            else:
+                self.episodes[key] = episode
+        self.previous = ranks
+        self.history.append((at, ranks))
+        return list(result.events)
+
+    def _ranks_at(self, at: dt.datetime) -> Ranks | None:
+        earlier = [ranks for polled, ranks in self.history if polled <= at]
+        return earlier[-1] if earlier else None
+
+
+def summaries(events: Sequence[AlertEvent]) -> list[str]:
+    return [event.summary for event in events]
+
+
+CLIMB_RULES = [
+    Rule("big-move", RuleKind.MOVED, places_up=10, places_down=10, send_resolved=False),
+    Rule("top10", RuleKind.ENTERED_TOP, top=10),
+    Rule("number-one", RuleKind.ENTERED_TOP, top=1),
+    Rule("lost-number-one", RuleKind.LEFT_TOP, top=1, send_resolved=False),
+    Rule("passed", RuleKind.RIVAL_PASSED, top=10, send_resolved=False),
+]
+
+
+def test_deepseeks_climb_past_chatgpt_is_told_poll_by_poll() -> None:
+    chart = Chart(CLIMB_RULES)
+
+    polls = [
+        chart.poll(T0, {DEEPSEEK: 31, CHATGPT: 1}),
+        chart.poll(T0 + HOUR, {DEEPSEEK: 12, CHATGPT: 1}),
+        chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 4, CHATGPT: 1}),
+        chart.poll(T0 + 3 * HOUR, {DEEPSEEK: 1, CHATGPT: 2}),
+    ]
+
+    assert [summaries(events) for events in polls] == [
+        [],  # the first poll is the baseline: nothing is known to have changed
+        ["DeepSeek up 19 to #12 in US Top Free iPhone (was #31)"],
+        ["DeepSeek in the top 10 of US Top Free iPhone at #4 (was #12)"],
+        [
+            "DeepSeek #1 in US Top Free iPhone (was #4)",
+            "ChatGPT lost #1 in US Top Free iPhone (now #2)",
+            "DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #2",
+        ],
+    ]
+
+
+def test_an_unchanged_poll_repeats_nothing_and_firing_alerts_stay_quiet() -> None:
+    chart = Chart(CLIMB_RULES)
+    chart.poll(T0, {DEEPSEEK: 31, CHATGPT: 1})
+    chart.poll(T0 + HOUR, {DEEPSEEK: 1, CHATGPT: 2})
+
+    again = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 1, CHATGPT: 2})
+
+    assert again == []
+    firing = {key.rule for key, episode in chart.episodes.items() if episode.firing}
+    assert firing == {"top10", "number-one", "lost-number-one", "passed"}
+
+
+def test_leaving_a_top_resolves_its_alert_with_a_notice_unless_the_rule_turns_it_off() -> None:
+    chart = Chart(CLIMB_RULES)
+    chart.poll(T0, {DEEPSEEK: 31, CHATGPT: 1})
+    chart.poll(T0 + HOUR, {DEEPSEEK: 1, CHATGPT: 2})
+
+    back = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 3, CHATGPT: 1})
+
+    # ChatGPT's "lost #1" ends without a notice (its rule turns them off); "passed" fires
+    # the other way round as a new episode.
+    assert [(event.summary, event.state) for event in back] == [
+        ("ChatGPT #1 in US Top Free iPhone (was #2)", EventState.FIRING),
+        ("DeepSeek no longer #1 in US Top Free iPhone (now #3)", EventState.RESOLVED),
+        ("DeepSeek lost #1 in US Top Free iPhone (now #3)", EventState.FIRING),
+        ("ChatGPT passed DeepSeek in US Top Free iPhone: #1 vs #3", EventState.FIRING),
+    ]
+
+
+def test_dropping_out_is_an_alert_of_its_own_never_a_move_and_coming_back_resolves_it() -> None:
+    rules = [
+        Rule("big-move", RuleKind.MOVED, places_up=10, places_down=10),
+        Rule("dropped", RuleKind.DROPPED_OUT),
+    ]
+    chart = Chart(rules)
+    chart.poll(T0, {DEEPSEEK: 87})
+
+    out = chart.poll(T0 + HOUR, {DEEPSEEK: None})
+    still_out = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: None})
+    back = chart.poll(T0 + 3 * HOUR, {DEEPSEEK: 57})
+
+    assert summaries(out) == ["DeepSeek dropped out of US Top Free iPhone (below #100, was #87)"]
+    assert still_out == []
+    assert summaries(back) == ["DeepSeek back in US Top Free iPhone at #57"]
+
+
+def test_confirmation_holds_a_flapping_app_back_until_it_stays() -> None:
+    chart = Chart([Rule("top10", RuleKind.ENTERED_TOP, top=10, confirm_snapshots=2)])
+    chart.poll(T0, {DEEPSEEK: 11})
+
+    flap_in = chart.poll(T0 + HOUR, {DEEPSEEK: 10})
+    flap_out = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 11})
+    enters = chart.poll(T0 + 3 * HOUR, {DEEPSEEK: 9})
+    confirmed = chart.poll(T0 + 4 * HOUR, {DEEPSEEK: 8})
+
+    assert flap_in == flap_out == enters == []  # and no resolved notice for the unfired flap
+    assert summaries(confirmed) == ["DeepSeek in the top 10 of US Top Free iPhone at #8 (was #9)"]
+    # The episode began with the poll that entered the top 10.
+    assert confirmed[0].dedupe_key.endswith((T0 + 3 * HOUR).isoformat())
+
+
+def test_a_duration_confirmation_waits_for_time_not_for_polls() -> None:
+    rule = Rule("top10", RuleKind.ENTERED_TOP, top=10, confirm_for=dt.timedelta(minutes=90))
+    chart = Chart([rule])
+    chart.poll(T0, {DEEPSEEK: 11})
+
+    early = chart.poll(T0 + HOUR, {DEEPSEEK: 10})
+    still_early = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 10})
+    late_enough = chart.poll(T0 + HOUR + dt.timedelta(minutes=90), {DEEPSEEK: 10})
+
+    assert early == still_early == []
+    assert len(late_enough) == 1
+
+
+def test_a_firing_alert_repeats_after_the_repeat_interval_only() -> None:
+    rule = Rule("lost", RuleKind.LEFT_TOP, top=1, repeat_interval=dt.timedelta(hours=3))
+    chart = Chart([rule])
+    chart.poll(T0, {CHATGPT: 1})
+
+    first = chart.poll(T0 + HOUR, {CHATGPT: 2})
+    quiet = [chart.poll(T0 + hours * HOUR, {CHATGPT: 2}) for hours in (2, 3)]
+    repeated = chart.poll(T0 + 4 * HOUR, {CHATGPT: 3})
+
+    assert len(first) == 1
+    assert quiet == [[], []]
+    assert summaries(repeated) == ["ChatGPT lost #1 in US Top Free iPhone (now #3)"]
+    assert repeated[0].dedupe_key != first[0].dedupe_key
+
+
+def test_a_move_within_a_window_compares_with_the_rank_that_long_ago() -> None:
+    rule = Rule("day-move", RuleKind.MOVED, places_up=20, window=dt.timedelta(hours=24))
+    chart = Chart([rule])
+
+    # One place an hour for 30 hours: never 20 between two polls, 24 within a day.
+    polls = [chart.poll(T0 + hours * HOUR, {DEEPSEEK: 60 - hours}) for hours in range(30)]
+
+    fired = [(hours, events) for hours, events in enumerate(polls) if events]
+    assert [(hours, summaries(events)) for hours, events in fired] == [
+        (24, ["DeepSeek up 24 to #36 in US Top Free iPhone within 1d (was #60)"])
+    ]  # one episode while the climb goes on
+
+
+def test_rules_watch_only_the_apps_and_charts_they_select() -> None:
+    rules = [Rule("ds-top10", RuleKind.ENTERED_TOP, top=10, apps=frozenset({"DeepSeek"}))]
+    japan = Chart(rules, ChartKey(Store.APPLE, "jp", Collection.TOP_FREE, Device.IPHONE))
+    us = Chart([dataclasses.replace(rules[0], countries=frozenset({"jp"}))])
+    for chart in (japan, us):
+        chart.poll(T0, {DEEPSEEK: 20, CHATGPT: 20})
+
+    in_japan = japan.poll(T0 + HOUR, {DEEPSEEK: 5, CHATGPT: 5})
+    in_us = us.poll(T0 + HOUR, {DEEPSEEK: 5, CHATGPT: 5})
+
+    assert summaries(in_japan) == ["DeepSeek in the top 10 of JP Top Free iPhone at #5 (was #20)"]
+    assert in_us == []
+
+
+def test_rules_select_apps_by_store_id_too() -> None:
+    rule = Rule("r", RuleKind.DROPPED_OUT, apps=frozenset({CHATGPT.store_id}))
+
+    assert rule.watches(CHATGPT)
+    assert not rule.watches(DEEPSEEK)
+
+
+def test_breadth_fires_when_the_count_of_countries_crosses_and_resolves_below() -> None:
+    rule = Rule("breadth", RuleKind.BREADTH, top=10, countries_needed=3)
+    chart = Chart([rule])
+    others = {"gb": 4, "de": 9, "fr": 30}
+    chart.poll(T0, {DEEPSEEK: 12}, countries={DEEPSEEK: {**others, "us": 12}})
+
+    crossed = chart.poll(T0 + HOUR, {DEEPSEEK: 2}, countries={DEEPSEEK: {**others, "us": 2}})
+    fell = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 14}, countries={DEEPSEEK: {**others, "us": 14}})
+
+    assert summaries(crossed) == [
+        "DeepSeek in the top 10 in 3 countries (Top Free iPhone): DE, GB, US"
+    ]
+    assert crossed[0].chart is None
+    assert summaries(fell) == [
+        "DeepSeek in the top 10 in fewer than 3 countries (Top Free iPhone): now 2"
+    ]
+
+
+def test_a_rival_that_dropped_out_was_not_passed() -> None:
+    chart = Chart([Rule("passed", RuleKind.RIVAL_PASSED)])
+    chart.poll(T0, {DEEPSEEK: 5, CHATGPT: 3})
+
+    assert chart.poll(T0 + HOUR, {DEEPSEEK: 5, CHATGPT: None}) == []
+
+
+def test_the_same_poll_evaluated_twice_gives_the_same_events() -> None:
+    first, second = Chart(CLIMB_RULES), Chart(CLIMB_RULES)
+    for chart in (first, second):
+        chart.poll(T0, {DEEPSEEK: 31, CHATGPT: 1})
+
+    once = first.poll(T0 + HOUR, {DEEPSEEK: 1, CHATGPT: 2})
+    twice = second.poll(T0 + HOUR, {DEEPSEEK: 1, CHATGPT: 2})
+
+    assert once == twice
+    assert len({event.dedupe_key for event in once}) == len(once)
+
+
+@pytest.mark.parametrize(
+    ("rule", "problem"),
+    [
+        (lambda: Rule("m", RuleKind.MOVED), "needs places_up or places_down"),
+        (lambda: Rule("m", RuleKind.MOVED, places_up=0), "at least 1"),
+        (
+            lambda: Rule("m", RuleKind.MOVED, places_up=5, confirm_snapshots=2),
+            "confirm_snapshots > 1 needs a window",
+        ),
+        (lambda: Rule("t", RuleKind.ENTERED_TOP), "needs top >= 1"),
+        (lambda: Rule("b", RuleKind.BREADTH, top=10), "countries_needed >= 1"),
+        (lambda: Rule("t", RuleKind.LEFT_TOP, top=1, confirm_snapshots=0), "at least 1"),
+    ],
+)
+def test_inconsistent_rules_are_refused_naming_the_rule(rule: object, problem: str) -> None:
+    with pytest.raises(ValueError, match=problem) as refused:
+        rule()  # type: ignore[operator]
+    assert "alert rule '" in str(refused.value)
+
+
+# -- against a reference model -----------------------------------------------------------------
+
+
+def reference_events(
+    rule: Rule, ranks: Sequence[int | None], times: Sequence[dt.datetime]
+) -> list[tuple[int, EventState]]:
+    """(poll index, state) of every event, from the whole history at once: a condition holds
+    on runs of polls; a run is an episode unless it is a sticky condition's run that starts at
+    the first poll (nothing is known before it); an episode fires at the first poll where it
+    is confirmed, again at each repeat interval, and resolves at the poll after its run."""
+
+    def inside(rank: int | None) -> bool:
+        if rule.kind is RuleKind.ENTERED_TOP:
+            return rank is not None and rank <= (rule.top or 0)
+        if rule.kind is RuleKind.LEFT_TOP:
+            return rank is None or rank > (rule.top or 0)
+        return rank is None  # DROPPED_OUT
+
+    def moved(index: int) -> bool:
+        if index == 0 or ranks[index] is None or ranks[index - 1] is None:
+            return False
+        up = (ranks[index - 1] or 0) - (ranks[index] or 0)
+        return (rule.places_up is not None and up >= rule.places_up) or (
+            rule.places_down is not None and -up >= rule.places_down
+        )
+
+    if rule.kind is RuleKind.MOVED:
+        holds = [moved(index) for index in range(len(ranks))]
+    else:
+        holds = [inside(rank) for rank in ranks]
+    events: list[tuple[int, EventState]] = []
+    start = 0
+    while start < len(holds):
+        if not holds[start]:
+            start += 1
+            continue
+        end = start
+        while end + 1 < len(holds) and holds[end + 1]:
+            end += 1
+        if rule.kind is RuleKind.MOVED or start > 0:
+            notified: dt.datetime | None = None
+            for index in range(start, end + 1):
+                confirmed = (
+                    index - start + 1 >= rule.confirm_snapshots
+                    and times[index] - times[start] >= rule.confirm_for
+                )
+                repeat_due = (
+                    notified is not None
+                    and rule.repeat_interval is not None
+                    and times[index] - notified >= rule.repeat_interval
+                )
+                if (notified is None and confirmed) or repeat_due:
+                    events.append((index, EventState.FIRING))
+                    notified = times[index]
+            if notified is not None and end + 1 < len(holds) and rule.send_resolved:
+                events.append((end + 1, EventState.RESOLVED))
+        start = end + 1
+    return events
+
+
+RANK = st.one_of(st.none(), st.integers(min_value=1, max_value=30))
+DURATION = st.integers(min_value=0, max_value=6).map(lambda hours: dt.timedelta(hours=hours))
+
+
+@st.composite
+def rules(draw: st.DrawFn) -> Rule:
+    kind = draw(st.sampled_from([RuleKind.MOVED, RuleKind.ENTERED_TOP, RuleKind.LEFT_TOP,
+                                 RuleKind.DROPPED_OUT]))  # fmt: skip
+    places = st.one_of(st.none(), st.integers(min_value=1, max_value=15))
+    up, down = draw(places), draw(places)
+    if kind is RuleKind.MOVED and up is None and down is None:
+        up = 1
+    return Rule(
+        "r",
+        kind,
+        places_up=up if kind is RuleKind.MOVED else None,
+        places_down=down if kind is RuleKind.MOVED else None,
+        top=draw(st.integers(min_value=1, max_value=20)),
+        confirm_snapshots=1 if kind is RuleKind.MOVED else draw(st.integers(1, 3)),
+        confirm_for=draw(DURATION),
+        repeat_interval=draw(st.one_of(st.none(), DURATION.filter(bool))),
+        send_resolved=draw(st.booleans()),
+    )
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    rule=rules(),
+    ranks=st.lists(RANK, min_size=1, max_size=25),
+    gaps=st.lists(st.integers(min_value=1, max_value=3), min_size=25, max_size=25),
+)
+def test_incremental_evaluation_matches_the_whole_history_reference(
+    rule: Rule, ranks: list[int | None], gaps: list[int]
+) -> None:
+    times = [T0 + sum(gaps[:index], 0) * HOUR for index in range(len(ranks))]
+    chart = Chart([rule])
+
+    seen = [
+        (index, event.state)
+        for index, (at, rank) in enumerate(zip(times, ranks, strict=True))
+        for event in chart.poll(at, {DEEPSEEK: rank})
+    ]
+
+    assert seen == reference_events(rule, ranks, times)
