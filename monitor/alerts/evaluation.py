@@ -82,6 +82,11 @@ class _Check:
     facts: Mapping[str, str]
 
 
+def breadth_target(chart: ChartKey) -> str:
+    """The episode target of breadth rules on `chart`'s kind of chart, whatever its country."""
+    return f"{chart.store}/{chart.collection}/{chart.device}/{chart.genre}"
+
+
 def breadth_scope(chart: ChartKey) -> str:
     """The countries a breadth rule counts across: one kind of chart ("Top Free iPhone")."""
     return chart_title(chart).split(" ", 1)[1]
@@ -229,8 +234,7 @@ def _breadth_check(
     rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
 ) -> _Check:
     scope = breadth_scope(update.chart)
-    chart = update.chart
-    key = EpisodeKey(rule.name, app, f"{chart.collection}/{chart.device}/{chart.genre}")
+    key = EpisodeKey(rule.name, app, breadth_target(update.chart))
     countries = {
         country: rank
         for country, rank in update.countries.get(app, {}).items()

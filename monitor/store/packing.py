@@ -32,6 +32,11 @@ def pack_ranking(app_id_by_rank: Mapping[int, int]) -> bytes:
     return struct.pack(f"<{depth}I", *slots)
 
 
+def slots(packed: bytes) -> tuple[int, ...]:
+    """The app id at each position, GAP for a gap."""
+    return struct.unpack(f"<{len(packed) // _WIDTH}I", packed)
+
+
 def unpack_ranking(packed: bytes) -> dict[int, int]:
     """The inverse of `pack_ranking`: `{rank: app id}` without the gaps."""
     if len(packed) % _WIDTH:

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
+from monitor.alerts.policy import AlertPolicy
 from monitor.model import (
     ChartKey,
     ChartSnapshot,
@@ -66,7 +67,18 @@ T = TypeVar("T")
 
 
 class Repository:
-    def __init__(self, database: Database) -> None:
+    """`alerts`: the rules evaluated on each new snapshot (default: none); `clock` stamps the
+    notifications they queue."""
+
+    def __init__(
+        self,
+        database: Database,
+        *,
+        alerts: AlertPolicy | None = None,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self._alerts = alerts or AlertPolicy()
+        self._clock = clock
         self._engine = database.engine
         self._dialect = database.dialect
         self._charts = schedule.ChartCatalog()
@@ -144,6 +156,8 @@ class Repository:
                 validators=validators,
                 fetches=fetches,
                 next_due_at=next_due_at,
+                alert_policy=self._alerts,
+                now=self._clock(),
             ),
         )
         self._apps.update(claim.chart.store, written.apps)

@@ -6,6 +6,7 @@ import dataclasses
 import datetime as dt
 from typing import Any
 
+from monitor.alerts.model import AlertEvent
 from monitor.model import ChartKey, SourceName, Store
 
 
@@ -57,6 +58,15 @@ class TrackedRankChange:
 
 
 @dataclasses.dataclass(frozen=True)
+class AlertsWritten:
+    """What a snapshot did to alerting: the events it stored, or why it was held back (it
+    looked like a feed glitch; the next snapshot decides)."""
+
+    events: tuple[AlertEvent, ...] = ()
+    held: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class SnapshotWrite:
     """The result of `record_snapshot`.
 
@@ -68,6 +78,7 @@ class SnapshotWrite:
     snapshot_id: int
     new_apps: int = 0
     changes: tuple[TrackedRankChange, ...] = ()
+    alerts: AlertsWritten = AlertsWritten()
 
     @property
     def ranks_changed(self) -> int:

@@ -38,11 +38,12 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import postgresql
 
+from monitor.alerts.policy import AlertPolicy
 from monitor.model import ChartSnapshot, FetchOutcome, FetchRecord, PollClaim, Validators
+from monitor.store import alerting, derived, packing, schedule
 from monitor.store import apps as app_writes
-from monitor.store import derived, packing, schedule
 from monitor.store.apps import AppCache, Known
-from monitor.store.results import SnapshotWrite, TrackedRankChange
+from monitor.store.results import AlertsWritten, SnapshotWrite, TrackedRankChange
 from monitor.store.sql import insert_ignoring_conflicts, per_dialect
 from monitor.store.tables import app_ranks, apps, fetch_log, snapshots
 
@@ -226,6 +227,8 @@ def write_snapshot(
     validators: Validators,
     fetches: Sequence[FetchRecord],
     next_due_at: dt.datetime,
+    alert_policy: AlertPolicy,
+    now: dt.datetime,
 ) -> Written:
     """`known_latest` is LatestSnapshots' entry for the claim, if it has a valid one."""
     if snapshot.chart != claim.chart:
@@ -301,11 +304,34 @@ def write_snapshot(
         for app_id in sorted(before.keys() | after.keys())
         if before.get(app_id) != after.get(app_id)
     )
-    result = SnapshotWrite(
-        stored=True, snapshot_id=snapshot_id, new_apps=written_apps.new, changes=changes
-    )
+    alerts = AlertsWritten()
     if latest is None or snapshot.fetched_at > latest.fetched_at:
         latest = Latest(snapshot_id, snapshot.fetched_at, digest, ranked)
+        # Only the chart's newest snapshot is news: a late, older fetch alerts nobody.
+        alerts = alerting.evaluate_snapshot(
+            connection,
+            dialect,
+            alert_policy,
+            alerting.NewSnapshot(
+                chart_id=claim.chart_id,
+                chart=claim.chart,
+                snapshot_id=snapshot_id,
+                at=snapshot.fetched_at,
+                depth=snapshot.visible_depth,
+                ranked=ranked,
+                previous_id=previous.snapshot_id if previous else None,
+                previous_ranked=previous.ranked_app_ids if previous else None,
+            ),
+            tracked,
+            now=now,
+        )
+    result = SnapshotWrite(
+        stored=True,
+        snapshot_id=snapshot_id,
+        new_apps=written_apps.new,
+        changes=changes,
+        alerts=alerts,
+    )
     return Written(result, written_apps.cache, latest)
 
 

@@ -199,3 +199,88 @@ fetch_log = Table(
     PrimaryKeyConstraint("chart_id", "started_at"),
     sqlite_with_rowid=False,
 )
+
+# -- alerting ----------------------------------------------------------------------------------
+# Written in the transaction of the snapshot that caused them (store/alerting.py): episodes
+# carry rule state between snapshots, events are what the rules said, notifications are the
+# outbox the sender delivers from.
+
+alert_episodes = Table(
+    "alert_episodes",
+    metadata,
+    Column("rule", String(64), nullable=False),
+    Column("app_id", Integer, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
+    # A chart slug, "slug>rival store id", or a breadth scope "collection/device/genre".
+    Column("target", String(128), nullable=False),
+    # The chart whose snapshots evaluate the episode; NULL for breadth (several charts do).
+    Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE")),
+    Column("since", UtcDateTime, nullable=False),
+    Column("polls", Integer, nullable=False),
+    Column("firing", Boolean, nullable=False),
+    Column("notified_at", UtcDateTime),
+    PrimaryKeyConstraint("rule", "app_id", "target"),
+    Index(None, "chart_id"),
+    Index(None, "target"),
+)
+
+# A chart whose latest snapshot looked like a feed glitch: its alerts wait for the next one.
+alert_holds = Table(
+    "alert_holds",
+    metadata,
+    Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), primary_key=True),
+    # The last snapshot alerts were evaluated against, and the one held back.
+    Column(
+        "baseline_snapshot_id",
+        RowId,
+        ForeignKey("snapshots.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column(
+        "held_snapshot_id", RowId, ForeignKey("snapshots.id", ondelete="CASCADE"), nullable=False
+    ),
+    Column("reason", Text, nullable=False),
+)
+
+alert_events = Table(
+    "alert_events",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("app_id", Integer, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
+    Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE")),
+    Column("snapshot_id", RowId, ForeignKey("snapshots.id", ondelete="SET NULL")),
+    Column("rank", SmallInteger),
+    Column("previous_rank", SmallInteger),
+    Column("depth", SmallInteger),
+    Column("rule", String(64), nullable=False),
+    Column("kind", String(16), nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("severity", String(16), nullable=False),
+    Column("scope", Text, nullable=False),
+    Column("summary", Text, nullable=False),
+    Column("facts", Text, nullable=False),  # JSON object of text values
+    # The silence that kept it from being sent, if one did.
+    Column("silenced_by", Text),
+    Column("dedupe_key", String(255), nullable=False),
+    UniqueConstraint("dedupe_key"),
+    Index(None, "at"),
+)
+
+notifications = Table(
+    "notifications",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("event_id", RowId, ForeignKey("alert_events.id", ondelete="CASCADE"), nullable=False),
+    Column("channel", String(16), nullable=False),  # email, webhook
+    Column("recipient", Text, nullable=False),
+    Column("state", String(16), nullable=False),  # pending, sent, dead
+    Column("created_at", UtcDateTime, nullable=False),
+    # Held back until then: the group wait, quiet hours, the next retry.
+    Column("not_before", UtcDateTime, nullable=False),
+    Column("attempts", Integer, nullable=False, server_default=text("0")),
+    Column("last_error", Text),
+    Column("message_id", String(255)),
+    Column("sent_at", UtcDateTime),
+    UniqueConstraint("event_id", "channel", "recipient"),
+    Index(None, "state", "not_before"),
+)

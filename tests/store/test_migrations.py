@@ -21,7 +21,7 @@ from monitor.store.migrate import (
     upgrade,
 )
 from monitor.store.repository import Repository
-from monitor.store.tables import metadata
+from monitor.store.tables import fetch_log, metadata
 from tests.conftest import REPO_ROOT
 
 from .conftest import CHATGPT, HOUR, T0, US_FREE, Poller, row_counts
@@ -157,7 +157,7 @@ def test_the_poll_grouping_of_the_fetch_log_migrates_down_and_up_with_data(
         poller.fail(US_FREE, T0 + HOUR, "HttpStatusError", fallback_error="FetchTimeout")
 
         downgrade(database, "0001")
-        counts = row_counts(database)
+        counts = row_counts(database, [fetch_log])
         table_sql = _fetch_log_sql(database)
         upgrade(database)
 

@@ -1,0 +1,338 @@
+"""Alert evaluation inside a snapshot's transaction: state in, events and outbox rows out.
+
+Run for a new snapshot that is the chart's latest. It reads the chart's alert episodes (and a
+glitch hold), evaluates the rules (monitor.alerts.evaluation, pure), and writes the episodes,
+the events and their notifications in the same transaction as the snapshot: a snapshot is
+stored with exactly its alerts, or not at all. Snapshots that arrive late, failed polls and
+unchanged ones evaluate nothing.
+
+Breadth episodes span the charts of one kind (every country's Top Free iPhone): on
+PostgreSQL, writers of such charts take a transaction lock on the kind first, so that two
+countries polled at once cannot both start the same episode.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import hashlib
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import Connection, and_, delete, func, or_, select, true
+from sqlalchemy.dialects import postgresql, sqlite
+
+from monitor.alerts.evaluation import (
+    ChartUpdate,
+    Episode,
+    EpisodeKey,
+    breadth_target,
+    evaluate,
+)
+from monitor.alerts.glitch import glitch_reason
+from monitor.alerts.model import AlertEvent, AppRef, RuleKind
+from monitor.alerts.policy import AlertPolicy, Delivery
+from monitor.model import ChartKey, Store
+from monitor.store import packing
+from monitor.store.results import AlertsWritten
+from monitor.store.sql import insert_ignoring_conflicts
+from monitor.store.tables import (
+    alert_episodes,
+    alert_events,
+    alert_holds,
+    charts,
+    notifications,
+    poll_tasks,
+    snapshots,
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class NewSnapshot:
+    """The snapshot just written, and the one before it (None for a chart's first)."""
+
+    chart_id: int
+    chart: ChartKey
+    snapshot_id: int
+    at: dt.datetime
+    depth: int
+    ranked: bytes
+    previous_id: int | None
+    previous_ranked: bytes | None
+
+
+def evaluate_snapshot(
+    connection: Connection,
+    dialect: str,
+    policy: AlertPolicy,
+    new: NewSnapshot,
+    tracked: Mapping[int, str],
+    *,
+    now: dt.datetime,
+) -> AlertsWritten:
+    """`tracked`: every tracked app, app id -> store id."""
+    if not policy.rules or not tracked:
+        return AlertsWritten()
+    baseline = _baseline(connection, new, policy)
+    if isinstance(baseline, str):
+        return AlertsWritten(held=baseline)
+    apps = {
+        app_id: _app_ref(policy, new.chart.store, store_id) for app_id, store_id in tracked.items()
+    }
+    breadth = any(rule.kind is RuleKind.BREADTH and rule.covers(new.chart) for rule in policy.rules)
+    if breadth and dialect == "postgresql":
+        connection.execute(select(func.pg_advisory_xact_lock(_lock_key(breadth_target(new.chart)))))
+    update = ChartUpdate(
+        chart=new.chart,
+        at=new.at,
+        depth=new.depth,
+        ranks=_ranks(new.ranked, apps),
+        previous=None if baseline is None else _ranks(baseline, apps),
+        past={
+            window: _ranks(ranked, apps)
+            for window in {rule.window for rule in policy.rules if rule.window is not None}
+            if (ranked := _ranking_at(connection, new.chart_id, new.at - window)) is not None
+        },
+        countries=_countries(connection, new, apps) if breadth else {},
+    )
+    episodes = _episodes(connection, new, apps, breadth=breadth)
+    result = evaluate(update, episodes, policy.rules)
+    app_ids = {ref: app_id for app_id, ref in apps.items()}
+    _write_episodes(connection, dialect, new, result.episodes, app_ids)
+    events = _write_events(
+        connection, dialect, policy, new, events=result.events, app_ids=app_ids, now=now
+    )
+    return AlertsWritten(events=events)
+
+
+def _app_ref(policy: AlertPolicy, store: Store, store_id: str) -> AppRef:
+    return AppRef(store, store_id, policy.app_names.get((store, store_id), store_id))
+
+
+def _baseline(connection: Connection, new: NewSnapshot, policy: AlertPolicy) -> bytes | str | None:
+    """The ranking to compare the new snapshot with; or, when the new one is held back as a
+    glitch, why. None: the chart's first snapshot."""
+    hold = connection.execute(
+        select(alert_holds).where(alert_holds.c.chart_id == new.chart_id)
+    ).first()
+    if hold is None:
+        if new.previous_ranked is None or new.previous_id is None:
+            return None
+        reason = glitch_reason(
+            packing.slots(new.previous_ranked), packing.slots(new.ranked), share=policy.glitch_share
+        )
+        if reason is not None:
+            connection.execute(
+                alert_holds.insert().values(
+                    chart_id=new.chart_id,
+                    baseline_snapshot_id=new.previous_id,
+                    held_snapshot_id=new.snapshot_id,
+                    reason=reason,
+                )
+            )
+        return reason if reason is not None else new.previous_ranked
+    baseline = _ranking(connection, hold.baseline_snapshot_id)
+    held = _ranking(connection, hold.held_snapshot_id)
+    after = packing.slots(new.ranked)
+    reason = glitch_reason(packing.slots(held), after, share=policy.glitch_share)
+    if reason is not None and glitch_reason(
+        packing.slots(baseline), after, share=policy.glitch_share
+    ):
+        # Like neither the held snapshot nor the one before it: still not to be trusted.
+        connection.execute(
+            alert_holds.update()
+            .where(alert_holds.c.chart_id == new.chart_id)
+            .values(held_snapshot_id=new.snapshot_id, reason=reason)
+        )
+        return reason
+    # Confirmed (like the held one) or reverted (like the baseline): the change since the
+    # baseline is what alerts are about.
+    connection.execute(delete(alert_holds).where(alert_holds.c.chart_id == new.chart_id))
+    return baseline
+
+
+def _ranking(connection: Connection, snapshot_id: int) -> bytes:
+    ranked: bytes = connection.execute(
+        select(snapshots.c.ranked_app_ids).where(snapshots.c.id == snapshot_id)
+    ).scalar_one()
+    return ranked
+
+
+def _ranking_at(connection: Connection, chart_id: int, at: dt.datetime) -> bytes | None:
+    """The chart's ranking as of `at`: its latest snapshot fetched then or before."""
+    ranked: bytes | None = connection.execute(
+        select(snapshots.c.ranked_app_ids)
+        .where(snapshots.c.chart_id == chart_id, snapshots.c.fetched_at <= at)
+        .order_by(snapshots.c.fetched_at.desc())
+        .limit(1)
+    ).scalar()
+    return ranked
+
+
+def _ranks(ranked: bytes, apps: Mapping[int, AppRef]) -> dict[AppRef, int | None]:
+    found = packing.ranks_of(ranked, apps.keys())
+    return {ref: found.get(app_id) for app_id, ref in apps.items()}
+
+
+def _lock_key(scope: str) -> int:
+    return int.from_bytes(hashlib.sha256(f"apprank breadth {scope}".encode()).digest()[:8],
+                          "big", signed=True)  # fmt: skip
+
+
+def _countries(
+    connection: Connection, new: NewSnapshot, apps: Mapping[int, AppRef]
+) -> dict[AppRef, dict[str, int | None]]:
+    """Each tracked app's rank in the latest snapshot of every enabled chart of the new
+    snapshot's kind, the new snapshot standing for its own chart."""
+    latest = (
+        select(snapshots.c.ranked_app_ids)
+        .where(snapshots.c.chart_id == charts.c.id)
+        .order_by(snapshots.c.fetched_at.desc())
+        .limit(1)
+        .correlate(charts)
+        .scalar_subquery()
+    )
+    rows = connection.execute(
+        select(charts.c.country, latest)
+        .join(poll_tasks, poll_tasks.c.chart_id == charts.c.id)
+        .where(
+            poll_tasks.c.enabled == true(),
+            charts.c.store == new.chart.store.value,
+            charts.c.collection == new.chart.collection.value,
+            charts.c.device == new.chart.device.value,
+            charts.c.genre == new.chart.genre,
+            charts.c.id != new.chart_id,
+        )
+    ).all()
+    rankings = {country: ranked for country, ranked in rows if ranked is not None}
+    rankings[new.chart.country] = new.ranked
+    by_country = {country: _ranks(ranked, apps) for country, ranked in rankings.items()}
+    return {ref: {c: ranks[ref] for c, ranks in by_country.items()} for ref in apps.values()}
+
+
+def _episodes(
+    connection: Connection, new: NewSnapshot, apps: Mapping[int, AppRef], *, breadth: bool
+) -> dict[EpisodeKey, Episode]:
+    where = alert_episodes.c.chart_id == new.chart_id
+    if breadth:
+        where = or_(where, and_(alert_episodes.c.chart_id.is_(None),
+                                alert_episodes.c.target == breadth_target(new.chart)))  # fmt: skip
+    rows = connection.execute(select(alert_episodes).where(where)).all()
+    return {
+        EpisodeKey(row.rule, apps[row.app_id], row.target): Episode(
+            since=row.since, polls=row.polls, firing=row.firing, notified_at=row.notified_at
+        )
+        for row in rows
+        if row.app_id in apps  # an app no longer tracked: its episodes are moot
+    }
+
+
+def _write_episodes(
+    connection: Connection,
+    dialect: str,
+    new: NewSnapshot,
+    changed: Mapping[EpisodeKey, Episode | None],
+    app_ids: Mapping[AppRef, int],
+) -> None:
+    def where(key: EpisodeKey) -> Any:
+        return and_(
+            alert_episodes.c.rule == key.rule,
+            alert_episodes.c.app_id == app_ids[key.app],
+            alert_episodes.c.target == key.target,
+        )
+
+    ended = [key for key, episode in changed.items() if episode is None]
+    if ended:
+        connection.execute(delete(alert_episodes).where(or_(*(where(key) for key in ended))))
+    rows = [
+        {
+            "rule": key.rule,
+            "app_id": app_ids[key.app],
+            "target": key.target,
+            "chart_id": None if key.target == breadth_target(new.chart) else new.chart_id,
+            **dataclasses.asdict(episode),
+        }
+        for key, episode in changed.items()
+        if episode is not None
+    ]
+    if rows:
+        insert = (postgresql if dialect == "postgresql" else sqlite).insert(alert_episodes)
+        connection.execute(
+            insert.on_conflict_do_update(
+                index_elements=["rule", "app_id", "target"],
+                set_={
+                    name: insert.excluded[name]
+                    for name in ("since", "polls", "firing", "notified_at")
+                },
+            ),
+            rows,
+        )
+
+
+def _write_events(
+    connection: Connection,
+    dialect: str,
+    policy: AlertPolicy,
+    new: NewSnapshot,
+    *,
+    events: Sequence[AlertEvent],
+    app_ids: Mapping[AppRef, int],
+    now: dt.datetime,
+) -> tuple[AlertEvent, ...]:
+    """Store the events and, for each that no silence holds back, its notifications; an
+    event stored before (the same poll written twice) is skipped."""
+    written = []
+    for event in events:
+        silence = policy.silence_for(event)
+        event_id = connection.execute(
+            insert_ignoring_conflicts(alert_events, dialect).returning(alert_events.c.id),
+            _event_row(event, new, app_ids, silence.describe() if silence else None),
+        ).scalar()
+        if event_id is None:
+            continue
+        written.append(event)
+        if silence is None:
+            _queue(connection, event_id, policy.deliveries(event, now=now), now=now)
+    return tuple(written)
+
+
+def _event_row(
+    event: AlertEvent, new: NewSnapshot, app_ids: Mapping[AppRef, int], silenced_by: str | None
+) -> dict[str, Any]:
+    return {
+        "at": event.at,
+        "app_id": app_ids[event.app],
+        "chart_id": new.chart_id if event.chart is not None else None,
+        "snapshot_id": new.snapshot_id,
+        "rank": event.rank,
+        "previous_rank": event.previous_rank,
+        "depth": event.depth,
+        "rule": event.rule,
+        "kind": event.kind.value,
+        "state": event.state.value,
+        "severity": event.severity.value,
+        "scope": event.scope,
+        "summary": event.summary,
+        "facts": json.dumps(dict(event.facts), sort_keys=True),
+        "silenced_by": silenced_by,
+        "dedupe_key": event.dedupe_key,
+    }
+
+
+def _queue(
+    connection: Connection, event_id: int, deliveries: Iterable[Delivery], *, now: dt.datetime
+) -> None:
+    rows = [
+        {
+            "event_id": event_id,
+            "channel": delivery.channel.value,
+            "recipient": delivery.recipient,
+            "state": "pending",
+            "created_at": now,
+            "not_before": delivery.not_before,
+        }
+        for delivery in deliveries
+    ]
+    if rows:
+        connection.execute(notifications.insert(), rows)

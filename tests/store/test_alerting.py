@@ -1,0 +1,229 @@
+"""Alerts written with the snapshot that caused them: events, episodes, the outbox, the glitch
+hold; on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from monitor.alerts.model import RuleKind
+from monitor.alerts.policy import AlertPolicy, Silence
+from monitor.alerts.rules import Rule
+from monitor.errors import LeaseLost
+from monitor.model import ChartKey, Collection, Device, Store, WatchedApp
+from monitor.store.engine import Database
+from monitor.store.repository import Repository
+from monitor.store.tables import alert_episodes, alert_events, alert_holds, notifications
+
+from .conftest import (
+    CHATGPT,
+    DEEPSEEK,
+    HOUR,
+    LEASE,
+    T0,
+    US_FREE,
+    Poller,
+    claim_one,
+    content_hash,
+    fetch,
+    row_counts,
+    snapshot,
+)
+
+GB_FREE = ChartKey(Store.APPLE, "gb", Collection.TOP_FREE, Device.IPHONE)
+WAIT = dt.timedelta(minutes=1)
+POLICY = AlertPolicy(
+    rules=(
+        Rule("big-move", RuleKind.MOVED, places_up=10, send_resolved=False),
+        Rule("top10", RuleKind.ENTERED_TOP, top=10),
+        Rule("number-one", RuleKind.ENTERED_TOP, top=1),
+        Rule("passed", RuleKind.RIVAL_PASSED, top=10, send_resolved=False),
+    ),
+    app_names={(Store.APPLE, DEEPSEEK): "DeepSeek", (Store.APPLE, CHATGPT): "ChatGPT"},
+    recipients=("ops@example.com",),
+    group_wait=WAIT,
+)
+ALERT_TABLES = [alert_episodes, alert_events, alert_holds, notifications]
+
+
+def filler(rank: int, tag: str = "") -> str:
+    return f"9{tag}{rank:08d}"
+
+
+def chart_with(ranks: dict[str, int], *, depth: int = 100, tag: str = "") -> list[str | None]:
+    """A chart of `depth` filler apps with the given apps at the given ranks."""
+    by_rank = {rank: store_id for store_id, rank in ranks.items()}
+    return [by_rank.get(rank, filler(rank, tag)) for rank in range(1, depth + 1)]
+
+
+def alerting(database: Database, policy: AlertPolicy = POLICY) -> Poller:
+    repository = Repository(database, alerts=policy, clock=lambda: T0 + 10 * HOUR)
+    repository.sync_charts([US_FREE, GB_FREE], now=T0)
+    repository.sync_watchlist(
+        [WatchedApp(Store.APPLE, DEEPSEEK, "DeepSeek"), WatchedApp(Store.APPLE, CHATGPT, "ChatGPT")]
+    )
+    return Poller(repository, database)
+
+
+def rows(database: Database, table: Any) -> list[Any]:
+    with database.engine.connect() as connection:
+        return list(connection.execute(select(table).order_by(*table.primary_key.columns)))
+
+
+def summaries(database: Database) -> list[str]:
+    return [row.summary for row in rows(database, alert_events)]
+
+
+def climb(poller: Poller, ranks: Sequence[tuple[int, int]]) -> list[Any]:
+    return [
+        poller.store(US_FREE, T0 + index * HOUR, chart_with({DEEPSEEK: ds, CHATGPT: gpt}))
+        for index, (ds, gpt) in enumerate(ranks)
+    ]
+
+
+def test_each_snapshot_stores_its_events_and_queues_a_notification_per_recipient(
+    database: Database,
+) -> None:
+    poller = alerting(database)
+
+    writes = climb(poller, [(31, 1), (12, 1), (4, 1), (1, 2)])
+
+    assert [len(write.alerts.events) for write in writes] == [0, 1, 1, 2]
+    assert summaries(database) == [
+        "DeepSeek up 19 to #12 in US Top Free iPhone (was #31)",
+        "DeepSeek in the top 10 of US Top Free iPhone at #4 (was #12)",
+        "DeepSeek #1 in US Top Free iPhone (was #4)",
+        "DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #2",
+    ]
+    last = rows(database, alert_events)[-1]
+    assert (last.rank, last.previous_rank, last.depth) == (1, 4, 100)
+    assert json.loads(last.facts)["rival"] == "ChatGPT"
+    queued = rows(database, notifications)
+    assert [(n.channel, n.recipient, n.state) for n in queued] == [
+        ("email", "ops@example.com", "pending")
+    ] * 4
+    assert {n.not_before for n in queued} == {T0 + 10 * HOUR + WAIT}
+    firing = {(row.rule, row.firing) for row in rows(database, alert_episodes)}
+    assert firing == {("top10", True), ("number-one", True), ("passed", True)}
+
+
+def test_a_poll_whose_lease_was_lost_writes_no_alerts_either(database: Database) -> None:
+    poller = alerting(database)
+    climb(poller, [(31, 1)])
+    stale = claim_one(poller.repository, US_FREE, T0 + HOUR, owner="paused")
+    claim_one(poller.repository, US_FREE, T0 + HOUR + LEASE, owner="successor")
+    value = snapshot(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 1, CHATGPT: 2}))
+    before = row_counts(database, ALERT_TABLES)
+
+    with pytest.raises(LeaseLost):
+        poller.repository.record_snapshot(
+            stale,
+            value,
+            content_hash=content_hash(value),
+            validators=stale.validators,
+            fetches=[fetch(US_FREE, T0 + HOUR)],
+            next_due_at=T0 + 2 * HOUR,
+        )
+
+    assert row_counts(database, ALERT_TABLES) == before
+
+
+def test_a_silenced_event_is_kept_but_not_queued(database: Database) -> None:
+    silence = Silence(until=T0 + 24 * HOUR, apps=frozenset({"DeepSeek"}), comment="launch week")
+    poller = alerting(database, dataclasses.replace(POLICY, silences=(silence,)))
+
+    climb(poller, [(31, 1), (12, 1)])
+
+    (event,) = rows(database, alert_events)
+    assert (
+        event.silenced_by
+        == f"silence until {silence.until.isoformat()}; apps DeepSeek; 'launch week'"
+    )
+    assert rows(database, notifications) == []
+
+
+def test_a_glitch_is_held_back_and_a_reverting_snapshot_alerts_nothing(database: Database) -> None:
+    poller = alerting(database)
+    climb(poller, [(31, 1)])
+
+    # Another chart entirely, with DeepSeek at #1 in it: a feed fault, not news.
+    glitch = poller.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 1, CHATGPT: 50}, tag="x"))
+    reverted = poller.store(US_FREE, T0 + 2 * HOUR, chart_with({DEEPSEEK: 30, CHATGPT: 1}))
+
+    assert glitch.alerts.held == (
+        "100 of 100 entries changed at once (98 left the chart, 2 moved more than 10 places)"
+    )
+    assert glitch.alerts.events == ()
+    assert reverted.alerts.held is None
+    assert summaries(database) == []
+    assert rows(database, alert_holds) == []
+
+
+def test_a_glitch_confirmed_by_the_next_snapshot_alerts_against_the_snapshot_before_it(
+    database: Database,
+) -> None:
+    poller = alerting(database)
+    climb(poller, [(31, 1)])
+
+    held = poller.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 1, CHATGPT: 50}, tag="x"))
+    (hold,) = rows(database, alert_holds)
+    confirmed = poller.store(
+        US_FREE, T0 + 2 * HOUR, chart_with({DEEPSEEK: 1, CHATGPT: 49}, tag="x")
+    )
+
+    assert held.alerts.held is not None
+    assert hold.held_snapshot_id == held.snapshot_id
+    assert [event.summary for event in confirmed.alerts.events] == [
+        "DeepSeek up 30 to #1 in US Top Free iPhone (was #31)",
+        "DeepSeek in the top 10 of US Top Free iPhone at #1 (was #31)",
+        "DeepSeek #1 in US Top Free iPhone (was #31)",
+        "DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #49",
+    ]
+    assert rows(database, alert_holds) == []
+
+
+def test_a_late_older_snapshot_alerts_nobody(database: Database) -> None:
+    poller = alerting(database)
+    climb(poller, [(31, 1), (30, 1)])
+
+    late = poller.store(US_FREE, T0 + HOUR / 2, chart_with({DEEPSEEK: 1, CHATGPT: 2}))
+
+    assert late.stored
+    assert late.alerts.events == ()
+    assert summaries(database) == []
+
+
+def test_breadth_counts_the_latest_snapshot_of_every_country(database: Database) -> None:
+    policy = dataclasses.replace(
+        POLICY, rules=(Rule("breadth", RuleKind.BREADTH, top=10, countries_needed=2),)
+    )
+    poller = alerting(database, policy)
+    poller.store(US_FREE, T0, chart_with({DEEPSEEK: 31}))
+    poller.store(GB_FREE, T0, chart_with({DEEPSEEK: 5}, tag="g"))
+
+    crossed = poller.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 8}))
+    gb_falls = poller.store(GB_FREE, T0 + HOUR, chart_with({DEEPSEEK: 40}, tag="g"))
+
+    assert [e.summary for e in crossed.alerts.events] == [
+        "DeepSeek in the top 10 in 2 countries (Top Free iPhone): GB, US"
+    ]
+    assert [e.summary for e in gb_falls.alerts.events] == [
+        "DeepSeek in the top 10 in fewer than 2 countries (Top Free iPhone): now 1"
+    ]
+    assert rows(database, alert_episodes) == []
+
+
+def test_without_rules_nothing_about_alerts_is_read_or_written(database: Database) -> None:
+    poller = alerting(database, AlertPolicy())
+
+    climb(poller, [(31, 1), (1, 2)])
+
+    assert row_counts(database, ALERT_TABLES) == dict.fromkeys(
+        (table.name for table in ALERT_TABLES), 0
+    )
