@@ -80,6 +80,8 @@ class _Check:
     now: int | None
     before: int | None
     facts: Mapping[str, str]
+    # Holds at the chart's first poll, for a rule whose resolved notice is news on its own.
+    known_at_start: bool = False
 
 
 def breadth_target(chart: ChartKey) -> str:
@@ -106,10 +108,14 @@ def evaluate(
                 if episode.firing and check.rule.send_resolved:
                     events.append(_event(check, update, EventState.RESOLVED, episode.since))
             continue
+        rule = check.rule
+        if episode is None and check.known_at_start:
+            # Already in the top at the chart's first poll: not news, but leaving it will be.
+            changed[check.key] = Episode(since=update.at, polls=1, firing=True, notified_at=None)
+            continue
         if episode is None:
             episode = Episode(since=update.at, polls=0, firing=False, notified_at=None)
         episode = dataclasses.replace(episode, polls=episode.polls + 1)
-        rule = check.rule
         confirmed = (
             episode.polls >= rule.confirm_snapshots
             and update.at - episode.since >= rule.confirm_for
@@ -166,8 +172,22 @@ def _chart_check(
         )
     if rule.top is not None:
         facts["top"] = str(rule.top)
+    # "Out of the top 10" is true whenever it was in the top 10 before; "back in the top 10"
+    # and "back in the chart" would not be for an app that never was.
+    known_at_start = (
+        rule.kind is RuleKind.ENTERED_TOP and update.previous is None and _inside(rule, now)
+    )
     return _Check(
-        key, rule, app, update.chart, chart_title(update.chart), holds, now, before, facts
+        key,
+        rule,
+        app,
+        update.chart,
+        chart_title(update.chart),
+        holds or known_at_start,
+        now,
+        before,
+        facts,
+        known_at_start,
     )
 
 

@@ -81,7 +81,6 @@ CLIMB_RULES = [
     Rule("big-move", RuleKind.MOVED, places_up=10, places_down=10, send_resolved=False),
     Rule("top10", RuleKind.ENTERED_TOP, top=10),
     Rule("number-one", RuleKind.ENTERED_TOP, top=1),
-    Rule("lost-number-one", RuleKind.LEFT_TOP, top=1, send_resolved=False),
     Rule("passed", RuleKind.RIVAL_PASSED, top=10, send_resolved=False),
 ]
 
@@ -101,10 +100,23 @@ def test_deepseeks_climb_past_chatgpt_is_told_poll_by_poll() -> None:
         ["DeepSeek up 19 to #12 in US Top Free iPhone (was #31)"],
         ["DeepSeek in the top 10 of US Top Free iPhone at #4 (was #12)"],
         [
+            "ChatGPT no longer #1 in US Top Free iPhone (now #2)",
             "DeepSeek #1 in US Top Free iPhone (was #4)",
-            "ChatGPT lost #1 in US Top Free iPhone (now #2)",
             "DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #2",
         ],
+    ]
+
+
+def test_an_app_already_in_a_top_at_the_first_poll_is_no_news_but_leaving_it_is() -> None:
+    chart = Chart([Rule("number-one", RuleKind.ENTERED_TOP, top=1)])
+
+    start = chart.poll(T0, {CHATGPT: 1, DEEPSEEK: 4})
+    loses = chart.poll(T0 + HOUR, {CHATGPT: 2, DEEPSEEK: 1})
+
+    assert start == []
+    assert summaries(loses) == [
+        "ChatGPT no longer #1 in US Top Free iPhone (now #2)",
+        "DeepSeek #1 in US Top Free iPhone (was #4)",
     ]
 
 
@@ -117,7 +129,7 @@ def test_an_unchanged_poll_repeats_nothing_and_firing_alerts_stay_quiet() -> Non
 
     assert again == []
     firing = {key.rule for key, episode in chart.episodes.items() if episode.firing}
-    assert firing == {"top10", "number-one", "lost-number-one", "passed"}
+    assert firing == {"top10", "number-one", "passed"}
 
 
 def test_leaving_a_top_resolves_its_alert_with_a_notice_unless_the_rule_turns_it_off() -> None:
@@ -127,12 +139,11 @@ def test_leaving_a_top_resolves_its_alert_with_a_notice_unless_the_rule_turns_it
 
     back = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 3, CHATGPT: 1})
 
-    # ChatGPT's "lost #1" ends without a notice (its rule turns them off); "passed" fires
-    # the other way round as a new episode.
+    # DeepSeek passing ChatGPT ends without a notice (its rule turns them off); ChatGPT
+    # passing DeepSeek is an episode of its own.
     assert [(event.summary, event.state) for event in back] == [
         ("ChatGPT #1 in US Top Free iPhone (was #2)", EventState.FIRING),
         ("DeepSeek no longer #1 in US Top Free iPhone (now #3)", EventState.RESOLVED),
-        ("DeepSeek lost #1 in US Top Free iPhone (now #3)", EventState.FIRING),
         ("ChatGPT passed DeepSeek in US Top Free iPhone: #1 vs #3", EventState.FIRING),
     ]
 
@@ -296,8 +307,9 @@ def reference_events(
 ) -> list[tuple[int, EventState]]:
     """(poll index, state) of every event, from the whole history at once: a condition holds
     on runs of polls; a run is an episode unless it is a sticky condition's run that starts at
-    the first poll (nothing is known before it); an episode fires at the first poll where it
-    is confirmed, again at each repeat interval, and resolves at the poll after its run."""
+    the first poll (nothing is known before it), where only a top-N entry resolves (silently
+    firing from the start); an episode fires at the first poll where it is confirmed, again
+    at each repeat interval, and resolves at the poll after its run."""
 
     def inside(rank: int | None) -> bool:
         if rule.kind is RuleKind.ENTERED_TOP:
@@ -327,7 +339,11 @@ def reference_events(
         end = start
         while end + 1 < len(holds) and holds[end + 1]:
             end += 1
-        if rule.kind is RuleKind.MOVED or start > 0:
+        if rule.kind is RuleKind.ENTERED_TOP and start == 0:
+            # In the top at the first poll: firing, but silently; leaving it is news.
+            if end + 1 < len(holds) and rule.send_resolved:
+                events.append((end + 1, EventState.RESOLVED))
+        elif rule.kind is RuleKind.MOVED or start > 0:
             notified: dt.datetime | None = None
             for index in range(start, end + 1):
                 confirmed = (

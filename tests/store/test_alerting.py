@@ -94,10 +94,11 @@ def test_each_snapshot_stores_its_events_and_queues_a_notification_per_recipient
 
     writes = climb(poller, [(31, 1), (12, 1), (4, 1), (1, 2)])
 
-    assert [len(write.alerts.events) for write in writes] == [0, 1, 1, 2]
+    assert [len(write.alerts.events) for write in writes] == [0, 1, 1, 3]
     assert summaries(database) == [
         "DeepSeek up 19 to #12 in US Top Free iPhone (was #31)",
         "DeepSeek in the top 10 of US Top Free iPhone at #4 (was #12)",
+        "ChatGPT no longer #1 in US Top Free iPhone (now #2)",
         "DeepSeek #1 in US Top Free iPhone (was #4)",
         "DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #2",
     ]
@@ -107,7 +108,7 @@ def test_each_snapshot_stores_its_events_and_queues_a_notification_per_recipient
     queued = rows(database, notifications)
     assert [(n.channel, n.recipient, n.state) for n in queued] == [
         ("email", "ops@example.com", "pending")
-    ] * 4
+    ] * 5
     assert {n.not_before for n in queued} == {T0 + 10 * HOUR + WAIT}
     firing = {(row.rule, row.firing) for row in rows(database, alert_episodes)}
     assert firing == {("top10", True), ("number-one", True), ("passed", True)}
@@ -181,7 +182,9 @@ def test_a_glitch_confirmed_by_the_next_snapshot_alerts_against_the_snapshot_bef
     assert hold.held_snapshot_id == held.snapshot_id
     assert [event.summary for event in confirmed.alerts.events] == [
         "DeepSeek up 30 to #1 in US Top Free iPhone (was #31)",
+        "ChatGPT out of the top 10 of US Top Free iPhone (now #49)",
         "DeepSeek in the top 10 of US Top Free iPhone at #1 (was #31)",
+        "ChatGPT no longer #1 in US Top Free iPhone (now #49)",
         "DeepSeek #1 in US Top Free iPhone (was #31)",
         "DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #49",
     ]
