@@ -35,9 +35,11 @@ from monitor.config_sections import (
     LogSettings,
     PollSettings,
     SeedsSettings,
+    SmtpSettings,
     WatchlistSettings,
     Where,
     relations,
+    smtp_relations,
 )
 from monitor.config_sources import (
     DEFAULT,
@@ -67,6 +69,7 @@ __all__ = [
     "PollSettings",
     "SeedsSettings",
     "Settings",
+    "SmtpSettings",
     "WatchlistSettings",
     "env_names",
     "load_settings",
@@ -97,12 +100,14 @@ class Settings(BaseModel):
     watchlist: WatchlistSettings = Field(default_factory=WatchlistSettings)
     log: LogSettings = Field(default_factory=LogSettings)
     seeds: SeedsSettings = Field(default_factory=SeedsSettings)
+    smtp: SmtpSettings = Field(default_factory=SmtpSettings)
 
     _resolved: _Resolved | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _check_relations(self) -> Settings:
         problems = relations(self.fetch, self.poll, _where_in_code)
+        problems += smtp_relations(self.smtp, _where_in_code)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -261,7 +266,8 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     def redact(loc: Loc, value: object) -> str:
         field = sections[str(loc[0])].model_fields.get(str(loc[1])) if len(loc) > 1 else None
         secret = _secret(field) if field is not None else None
-        return repr(secret.redact(value) if secret and isinstance(value, str) else value)
+        # Any type: a password mistyped as a TOML number is a secret all the same.
+        return repr(secret.redact(str(value)) if secret else value)
 
     valid: dict[str, BaseModel] = {}
     for name, model in sections.items():
@@ -273,6 +279,9 @@ def load_settings(path: Path | None = None, environ: Mapping[str, str] | None = 
     fetch, poll = valid.get("fetch"), valid.get("poll")
     if isinstance(fetch, FetchSettings) and isinstance(poll, PollSettings):
         problems.extend(relations(fetch, poll, where))
+    smtp = valid.get("smtp")
+    if isinstance(smtp, SmtpSettings):
+        problems.extend(smtp_relations(smtp, where))
     charts, watchlist, seeds = valid.get("charts"), valid.get("watchlist"), valid.get("seeds")
     resolved = None
     if (

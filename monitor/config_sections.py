@@ -7,11 +7,20 @@ variables: renaming a field renames both. See monitor.config for how values are 
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    model_validator,
+)
 
 import monitor
 from monitor import config_seeds
@@ -24,6 +33,7 @@ from monitor.config_types import (
     NonEmptyStr,
     NonNegativeSeconds,
     PositiveSeconds,
+    Secret,
     at_least,
     format_duration,
     redact_url_password,
@@ -160,6 +170,85 @@ class SeedsSettings(_Section):
     dir: Annotated[Path, AfterValidator(_existing_dir)] = Field(
         default_factory=_source_tree_seeds, validate_default=True
     )
+
+
+# An ASCII addr-spec: dot-atom local part, dot-separated host labels. Stricter than RFC 5322
+# (no quoted local parts, no address literals) and so safe in an SMTP envelope and a header.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_MAIL_ADDRESS = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@({_LABEL}(?:\.{_LABEL})*)$")
+_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+DEFAULT_FROM_ADDRESS = "app-rank-monitor@localhost"
+
+
+def is_mail_address(text: str) -> bool:
+    """Whether `text` is a plain ASCII address such as ops@example.com (RFC 5321's length cap)."""
+    return len(text) <= 254 and _MAIL_ADDRESS.match(text) is not None
+
+
+def _mail_address(value: str) -> str:
+    if not is_mail_address(value):
+        raise ValueError("expected a plain ASCII e-mail address such as alerts@example.com")
+    return value
+
+
+def _domain(value: str) -> str:
+    if _DOMAIN.match(value) is None:
+        raise ValueError("expected an ASCII domain name such as example.com")
+    return value.lower()
+
+
+MailAddress = Annotated[
+    str, StringConstraints(strip_whitespace=True), AfterValidator(_mail_address)
+]
+Domain = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_domain)]
+
+
+def _hide(value: str) -> str:
+    return "***"
+
+
+class SmtpSettings(_Section):
+    """The mail server alert emails go through (see monitor.alerts.email)."""
+
+    host: NonEmptyStr = "localhost"
+    port: Annotated[int, Field(ge=1, le=65535)] = 25
+    # "tls" is implicit TLS from the first byte (port 465); "starttls" upgrades a plain
+    # connection (port 587) and refuses a server that does not offer it.
+    security: Annotated[Literal["none", "starttls", "tls"], BeforeValidator(_lower)] = "none"
+    username: NonEmptyStr | None = None
+    password: Annotated[str | None, Secret(_hide)] = None
+    from_address: MailAddress = DEFAULT_FROM_ADDRESS
+    # Applies to the connection and to each command, not to a whole delivery.
+    timeout_seconds: PositiveSeconds = 30.0
+    # Replaced by from_address's domain when not set: see _derive_message_id_domain.
+    message_id_domain: Domain = "localhost"
+
+    @model_validator(mode="before")
+    @classmethod
+    def _derive_message_id_domain(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("message_id_domain") is not None:
+            return data
+        address = data.get("from_address", DEFAULT_FROM_ADDRESS)
+        if not isinstance(address, str) or not is_mail_address(address.strip()):
+            return data  # from_address is reported; its domain cannot be taken
+        return {**data, "message_id_domain": address.strip().rpartition("@")[2]}
+
+    def __repr_args__(self) -> Iterator[tuple[str, object]]:
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            yield key, (_hide(value) if key == "password" and value is not None else value)
+
+
+def smtp_relations(smtp: SmtpSettings, where: Where) -> list[str]:
+    """Checks between the [smtp] keys: login needs both a username and a password."""
+    if (smtp.username is None) == (smtp.password is None):
+        return []
+    given, missing = ("username", "password") if smtp.password is None else ("password", "username")
+    return [
+        f"{where(('smtp', given))}: [smtp] {given} is set without {missing}: SMTP login needs "
+        f"both username and password (set [smtp] {missing}, or unset {given})"
+    ]
 
 
 def relations(fetch: FetchSettings, poll: PollSettings, where: Where) -> list[str]:

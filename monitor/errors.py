@@ -14,8 +14,12 @@
     |   +-- FeedFormatError       not JSON, or JSON of the wrong shape            permanent
     |   +-- EmptyChart            a chart of zero entries (treated as a failed fetch) transient
     +-- StoreError                the database refused or failed
-        +-- DatabaseLocked        another writer process owns the SQLite file     permanent
-        +-- LeaseLost             the poll lease expired and was taken over        permanent
+    |   +-- DatabaseLocked        another writer process owns the SQLite file     permanent
+    |   +-- LeaseLost             the poll lease expired and was taken over        permanent
+    +-- DeliveryError             a notification was not handed over; `smtp_code` is the reply
+                                  refused, reset, timeout, disconnect, TLS, 4xx   transient
+                                  5xx (recipient, sender, data, 535 login), invalid
+                                  address, no STARTTLS/AUTH offered               permanent
 
 `permanent` is read by the retry logic of each channel: only transient errors are retried.
 """
@@ -99,6 +103,15 @@ class DatabaseLocked(StoreError):
 
 class LeaseLost(StoreError):
     permanent = True
+
+
+class DeliveryError(MonitorError):
+    """Raised by the channel that talks to the server; `permanent` is decided per failure."""
+
+    def __init__(self, message: str, *, permanent: bool, smtp_code: int | None = None) -> None:
+        super().__init__(message)
+        self.permanent = permanent
+        self.smtp_code = smtp_code
 
 
 def is_permanent_status(status: int) -> bool:

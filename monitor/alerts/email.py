@@ -1,0 +1,148 @@
+"""The one module that talks SMTP: hands a rendered message to the configured server.
+
+Blocking (smtplib): the caller runs `SmtpSender.send` in a worker thread. It tries once and
+raises DeliveryError with `permanent` set; retrying belongs to the outbox sender, the one place
+that retries the email channel. `timeout_seconds` bounds connecting, the TLS handshake and
+every command's reply, so a server that accepts the connection and never speaks fails in time.
+
+Error messages name the server (host:port) and its reply (code and text), never the password.
+"""
+
+from __future__ import annotations
+
+import logging
+import smtplib
+import ssl
+from email.message import EmailMessage
+from email.utils import getaddresses
+
+from monitor.config_sections import SmtpSettings, is_mail_address
+from monitor.errors import DeliveryError
+
+log = logging.getLogger(__name__)
+
+
+class SmtpSender:
+    """Sends each message over a fresh connection: alert mail is rare, and a connection kept
+    open between polls would mostly be found closed by the server."""
+
+    def __init__(
+        self, settings: SmtpSettings, *, ssl_context: ssl.SSLContext | None = None
+    ) -> None:
+        self._settings = settings
+        self._ssl_context = ssl_context if ssl_context is not None else ssl.create_default_context()
+        self._server = f"{settings.host}:{settings.port}"
+
+    def send(self, message: EmailMessage) -> None:
+        """Deliver `message` to the addresses in its To, Cc and Bcc headers, or raise
+        DeliveryError. Returns once the server accepted the message for every recipient."""
+        recipients = self._recipients(message)
+        client: smtplib.SMTP | None = None
+        try:
+            client = self._open()
+            refused = client.send_message(message, self._settings.from_address, recipients)
+        except OSError as exc:  # smtplib.SMTPException is an OSError too
+            if client is not None:
+                client.close()
+            # `from None`: smtplib's exceptions carry the raw replies, ours the scrubbed ones.
+            raise self._delivery_error(exc) from None
+        try:
+            client.quit()
+        except OSError:
+            # The server took the message (250 after DATA): failing now would only make the
+            # outbox send it a second time.
+            client.close()
+        if refused:
+            # The others have it: a retry sends them a second copy, with the same Message-ID.
+            raise self._refused_error(refused, "accepted the message for the other recipients")
+        log.debug(
+            "sent email",
+            extra={"message_id": str(message["Message-ID"]), "server": self._server},
+        )
+
+    def _recipients(self, message: EmailMessage) -> list[str]:
+        headers = [
+            str(value) for name in ("To", "Cc", "Bcc") for value in message.get_all(name, [])
+        ]
+        addresses = [address for _, address in getaddresses(headers)]
+        invalid = [address for address in addresses if not is_mail_address(address)]
+        if invalid or not addresses:
+            problem = f"invalid recipient address {invalid[0]!r}" if invalid else "no recipient"
+            raise DeliveryError(f"not sent to {self._server}: {problem}", permanent=True)
+        return addresses
+
+    def _open(self) -> smtplib.SMTP:
+        """A connection ready for MAIL: greeted, TLS as configured, logged in if configured.
+        smtplib connects in the constructor, and closes the socket itself when that fails."""
+        settings = self._settings
+        timeout = settings.timeout_seconds
+        client = (
+            smtplib.SMTP_SSL(
+                settings.host, settings.port, timeout=timeout, context=self._ssl_context
+            )
+            if settings.security == "tls"
+            else smtplib.SMTP(settings.host, settings.port, timeout=timeout)
+        )
+        try:
+            client.ehlo()
+            if settings.security == "starttls":
+                # Raises SMTPNotSupportedError when STARTTLS is not offered: sending in clear
+                # text instead would defeat the setting.
+                client.starttls(context=self._ssl_context)
+                client.ehlo()
+            if settings.username is not None and settings.password is not None:
+                client.login(settings.username, settings.password)
+        except BaseException:
+            client.close()
+            raise
+        return client
+
+    def _delivery_error(self, exc: OSError) -> DeliveryError:
+        where = f"SMTP server {self._server}"
+        if isinstance(exc, smtplib.SMTPRecipientsRefused):
+            return self._refused_error(exc.recipients, "accepted no recipient")
+        if isinstance(exc, smtplib.SMTPResponseException):
+            # SMTPSenderRefused, SMTPDataError, SMTPAuthenticationError, SMTPConnectError,
+            # SMTPHeloError: the server answered, and its code says whether to come back.
+            return self._error(
+                f"{where} answered {_reply(exc.smtp_code, exc.smtp_error)}",
+                _is_permanent(exc.smtp_code),
+                exc.smtp_code,
+            )
+        if isinstance(exc, smtplib.SMTPServerDisconnected) or not isinstance(
+            exc, smtplib.SMTPException
+        ):
+            # Refused, reset, timed out, TLS handshake failed, or the server hung up: all
+            # conditions of the moment, as with FetchConnectError on the HTTP side.
+            return self._error(f"{where}: {type(exc).__name__}: {exc}", False, None)
+        # SMTPNotSupportedError (no STARTTLS, no AUTH) and "no suitable authentication method":
+        # what the server offers does not change by trying again.
+        return self._error(f"{where}: {exc}", True, None)
+
+    def _refused_error(self, refused: dict[str, tuple[int, bytes]], outcome: str) -> DeliveryError:
+        """Permanent when every refusal was a 5xx; the first refusal's code is the error's."""
+        codes = [code for code, _ in refused.values()]
+        replies = "; ".join(
+            f"{address}: {_reply(code, text)}" for address, (code, text) in refused.items()
+        )
+        return self._error(
+            f"SMTP server {self._server} {outcome}, refusing {replies}",
+            all(map(_is_permanent, codes)),
+            codes[0],
+        )
+
+    def _error(self, message: str, permanent: bool, code: int | None) -> DeliveryError:
+        password = self._settings.password
+        if password:
+            message = message.replace(password, "***")
+        return DeliveryError(message, permanent=permanent, smtp_code=code)
+
+
+def _is_permanent(code: int) -> bool:
+    """5xx replies are final (RFC 5321 section 4.2.1); 4xx and anything odd are not."""
+    return 500 <= code <= 599
+
+
+def _reply(code: int, text: bytes | str) -> str:
+    decoded = text.decode("utf-8", "replace") if isinstance(text, bytes) else text
+    return f"{code} {' '.join(decoded.split())}"
