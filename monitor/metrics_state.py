@@ -101,15 +101,14 @@ def _schedule_families(state: ServiceState, now: dt.datetime) -> list[_Family]:
         if health.last_success_at is not None:
             last_success.add(labels, health.last_success_at.timestamp())
         failures.add(labels, health.consecutive_failures)
-    # The alert outbox fills these; declared from the start for the rules and dashboards.
-    outbox = [
-        _Family("outbox_pending", "Notifications waiting in the outbox."),
-        _Family(
-            "outbox_oldest_pending_age_seconds",
-            "Age of the oldest notification waiting to be sent.",
-        ),
-    ]
-    return [lag, charts, last_success, failures, *outbox]
+    pending = _Family("outbox_pending", "Notifications waiting in the outbox.")
+    pending.add("", state.outbox.pending)
+    oldest_age = _Family(
+        "outbox_oldest_pending_age_seconds", "Age of the oldest notification waiting to be sent."
+    )
+    oldest = state.outbox.oldest_pending_at
+    oldest_age.add("", max((now - oldest).total_seconds(), 0.0) if oldest else 0)
+    return [lag, charts, last_success, failures, pending, oldest_age]
 
 
 def _rank_families(

@@ -19,6 +19,7 @@ from monitor.store.results import (
     AppInfo,
     ChartHealth,
     CurrentRank,
+    OutboxStatus,
     ScheduleStatus,
     ServiceState,
     TrackedAppStatus,
@@ -70,6 +71,7 @@ def state(*tracked: TrackedAppStatus, oldest_due_at: dt.datetime | None = None) 
         schedule=ScheduleStatus(
             enabled=2, due_now=1, leased=0, failing=1, oldest_due_at=oldest_due_at
         ),
+        outbox=OutboxStatus(pending=3, oldest_pending_at=NOW - dt.timedelta(minutes=2)),
     )
 
 
@@ -154,6 +156,8 @@ def test_chart_health_schedule_and_lag_come_from_the_same_read() -> None:
     assert value(samples, "apprank_last_success_timestamp_seconds", **jp) is None
     assert value(samples, "apprank_chart_consecutive_failures", **jp) == 4
     assert value(samples, "apprank_poll_interval_seconds") == 3600
+    assert value(samples, "apprank_outbox_pending") == 3
+    assert value(samples, "apprank_outbox_oldest_pending_age_seconds") == 120
 
 
 def test_no_chart_due_means_no_lag() -> None:
@@ -223,12 +227,11 @@ def test_a_source_is_down_after_three_failures_in_a_row_and_up_after_a_success()
     assert status[SourceName.ITUNES_RSS].up is None
 
 
-def test_alert_and_notification_families_are_exposed_before_their_first_sample() -> None:
+def test_alert_and_notification_counters_are_exposed_before_their_first_sample() -> None:
     text = service(state()).exposition().decode()
 
     assert "# TYPE apprank_alerts_total counter" in text
     assert "# TYPE apprank_notifications_total counter" in text
-    assert "# TYPE apprank_outbox_oldest_pending_age_seconds gauge" in text
     assert "# TYPE apprank_build_info gauge" in text
 
 

@@ -38,12 +38,7 @@ DEFAULT_WATCHLIST = 9  # seeds/watchlist.toml
 DEEPSEEK_US_TOP_FREE = 'apprank_rank{app="DeepSeek",country="us",collection="top_free"}'
 # Families the service declares before anything fills them (the alerting does): the scrape
 # shows their names but not their labels yet.
-DECLARED_EMPTY = {
-    "apprank_alerts_total",
-    "apprank_notifications_total",
-    "apprank_outbox_pending",
-    "apprank_outbox_oldest_pending_age_seconds",
-}
+DECLARED_EMPTY = {"apprank_alerts_total", "apprank_notifications_total"}
 # Labels Prometheus itself attaches, or that histogram and grouping functions make.
 PROMETHEUS_LABELS = {"job", "instance", "le", "alertname", "alertstate"}
 PROMETHEUS_METRICS = {"up", "ALERTS", "ALERTS_FOR_STATE", "scrape_duration_seconds"}

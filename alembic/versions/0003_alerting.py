@@ -131,6 +131,8 @@ def upgrade() -> None:
         sa.Column("attempts", sa.Integer(), server_default=sa.text("0"), nullable=False),
         sa.Column("last_error", sa.Text(), nullable=True),
         sa.Column("message_id", sa.String(length=255), nullable=True),
+        sa.Column("claimed_by", sa.String(length=128), nullable=True),
+        sa.Column("claimed_until", _utc(), nullable=True),
         sa.Column("sent_at", _utc(), nullable=True),
         sa.ForeignKeyConstraint(
             ["event_id"],
@@ -150,10 +152,35 @@ def upgrade() -> None:
         batch_op.create_index(
             batch_op.f("ix_notifications_state_not_before"), ["state", "not_before"], unique=False
         )
+        batch_op.create_index(
+            batch_op.f("ix_notifications_message_id"), ["message_id"], unique=False
+        )
+
+    op.create_table(
+        "delivery_attempts",
+        sa.Column("id", RowId, nullable=False),
+        sa.Column("at", _utc(), nullable=False),
+        sa.Column("message_id", sa.String(length=255), nullable=False),
+        sa.Column("channel", sa.String(length=16), nullable=False),
+        sa.Column("recipient", sa.Text(), nullable=False),
+        sa.Column("events", sa.Integer(), nullable=False),
+        sa.Column("outcome", sa.String(length=16), nullable=False),
+        sa.Column("error", sa.Text(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_delivery_attempts")),
+    )
+    with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
+        batch_op.create_index(
+            batch_op.f("ix_delivery_attempts_message_id"), ["message_id"], unique=False
+        )
 
 
 def downgrade() -> None:
+    with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_delivery_attempts_message_id"))
+
+    op.drop_table("delivery_attempts")
     with op.batch_alter_table("notifications", schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f("ix_notifications_message_id"))
         batch_op.drop_index(batch_op.f("ix_notifications_state_not_before"))
 
     op.drop_table("notifications")

@@ -16,6 +16,7 @@ from typing import TypeVar
 
 from sqlalchemy import Connection
 
+from monitor.alerts.model import RankSeries
 from monitor.alerts.policy import AlertPolicy
 from monitor.model import (
     ChartKey,
@@ -23,10 +24,11 @@ from monitor.model import (
     FetchRecord,
     PollClaim,
     RankPoint,
+    RankStatus,
     Validators,
     WatchedApp,
 )
-from monitor.store import derived, queries, schedule, snapshots
+from monitor.store import derived, outbox, queries, schedule, snapshots
 from monitor.store import history as rank_history
 from monitor.store.apps import AppCache, GrowthAnalyzer
 from monitor.store.engine import Database
@@ -275,6 +277,59 @@ class Repository:
                 tracked=tuple(queries.tracked_apps(connection, self._charts)),
                 charts=tuple(schedule.chart_health(connection, self._charts)),
                 schedule=schedule.status(connection, now=now),
+                outbox=outbox.status(connection),
             )
 
         return reading(self._engine, read)
+
+    # -- alert outbox ----------------------------------------------------------------------
+
+    def claim_message(
+        self, *, owner: str, now: dt.datetime, lease: dt.timedelta, domain: str
+    ) -> outbox.OutboxMessage | None:
+        """Claim the oldest due message of the outbox (its notifications, under a lease)."""
+        return self._transaction(
+            lambda c: outbox.claim_message(
+                c,
+                self._dialect,
+                self._charts,
+                owner=owner,
+                now=now,
+                lease=lease,
+                domain=domain,
+                app_names=self._alerts.app_names,
+            )
+        )
+
+    def finish_message(
+        self,
+        message: outbox.OutboxMessage,
+        *,
+        outcome: str,
+        now: dt.datetime,
+        error: str | None = None,
+        retry_at: dt.datetime | None = None,
+    ) -> None:
+        self._transaction(
+            lambda c: outbox.finish_message(
+                c, message, outcome=outcome, now=now, error=error, retry_at=retry_at
+            )
+        )
+
+    def rank_series(
+        self, app_id: int, charts: Collection[ChartKey], *, since: dt.datetime, until: dt.datetime
+    ) -> list[RankSeries]:
+        """The app's rank on each of `charts` from `since`, for the picture in a message."""
+        points = self.history(app_id, since=since, until=until, only=charts)
+        series: dict[ChartKey, list[RankPoint]] = {}
+        for point in points:
+            if point.status is not RankStatus.FETCH_FAILED:
+                series.setdefault(point.chart, []).append(point)
+        return [
+            RankSeries(
+                chart=chart,
+                points=tuple((point.at, point.rank) for point in chart_points),
+                depth=max((point.depth or 0) for point in chart_points),
+            )
+            for chart, chart_points in series.items()
+        ]

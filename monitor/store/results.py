@@ -195,3 +195,12 @@ class ServiceState:
     tracked: tuple[TrackedAppStatus, ...]
     charts: tuple[ChartHealth, ...]
     schedule: ScheduleStatus
+    outbox: OutboxStatus
+
+
+@dataclasses.dataclass(frozen=True)
+class OutboxStatus:
+    """Notifications waiting to be sent, and when the oldest of them was queued."""
+
+    pending: int
+    oldest_pending_at: dt.datetime | None

@@ -279,8 +279,29 @@ notifications = Table(
     Column("not_before", UtcDateTime, nullable=False),
     Column("attempts", Integer, nullable=False, server_default=text("0")),
     Column("last_error", Text),
+    # Set when the row first goes out with others in one message: a retry sends the same
+    # rows again under the same Message-ID, so a duplicate after a crash is recognisable.
     Column("message_id", String(255)),
+    # A sender's lease on the row while it delivers; expired, another sender may take it.
+    Column("claimed_by", String(128)),
+    Column("claimed_until", UtcDateTime),
     Column("sent_at", UtcDateTime),
     UniqueConstraint("event_id", "channel", "recipient"),
     Index(None, "state", "not_before"),
+    Index(None, "message_id"),
+)
+
+# Every delivery attempt of a message, whatever its outcome: what `alerts list` explains.
+delivery_attempts = Table(
+    "delivery_attempts",
+    metadata,
+    Column("id", RowId, primary_key=True),
+    Column("at", UtcDateTime, nullable=False),
+    Column("message_id", String(255), nullable=False),
+    Column("channel", String(16), nullable=False),
+    Column("recipient", Text, nullable=False),
+    Column("events", Integer, nullable=False),
+    Column("outcome", String(16), nullable=False),  # sent, retrying, dead_lettered
+    Column("error", Text),
+    Index(None, "message_id"),
 )
