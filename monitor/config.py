@@ -24,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError,
 from pydantic.fields import FieldInfo
 
 from monitor import config_seeds
+from monitor.config_alerts import AlertsSettings
 from monitor.config_sections import (
     DEFAULT_HTTP_PORT,
     AppleRssSettings,
@@ -101,6 +102,7 @@ class Settings(BaseModel):
     log: LogSettings = Field(default_factory=LogSettings)
     seeds: SeedsSettings = Field(default_factory=SeedsSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
+    alerts: AlertsSettings = Field(default_factory=AlertsSettings)
 
     _resolved: _Resolved | None = PrivateAttr(default=None)
 

@@ -130,31 +130,37 @@ class SilenceSettings(_Model):
         )
 
 
-def _quiet_hours(value: Any) -> Any:
-    if value in (None, ""):
+def parse_quiet_hours(text: str) -> QuietHours | None:
+    """ "HH:MM-HH:MM Area/City" (e.g. "22:00-07:00 Europe/Berlin"); "" for none."""
+    if not text.strip():
         return None
-    if not isinstance(value, str) or not (match := _QUIET_HOURS.match(value.strip())):
+    match = _QUIET_HOURS.match(text.strip())
+    if not match:
         raise ValueError('expected "HH:MM-HH:MM Area/City", e.g. "22:00-07:00 Europe/Berlin"')
     start_h, start_m, end_h, end_m, zone = match.groups()
     try:
         timezone = ZoneInfo(zone)
         start, end = dt.time(int(start_h), int(start_m)), dt.time(int(end_h), int(end_m))
     except (ZoneInfoNotFoundError, ValueError) as exc:
-        raise ValueError(f"{value!r}: {exc}") from None
+        raise ValueError(f"{text!r}: {exc}") from None
     return QuietHours(start, end, timezone)
+
+
+def _quiet_hours(value: Any) -> Any:
+    if isinstance(value, str):
+        parse_quiet_hours(value)
+    return value
 
 
 class AlertsSettings(_Model):
     recipients: list[EmailAddress] = []
     webhooks: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
     group_wait: Duration = dt.timedelta(minutes=1)
-    quiet_hours: Annotated[QuietHours | None, BeforeValidator(_quiet_hours)] = None
+    quiet_hours: Annotated[str, BeforeValidator(_quiet_hours)] = ""
     glitch_share: Annotated[float, Field(gt=0, le=1)] = 0.5
     silences: list[SilenceSettings] = []
     rules: list[RuleSettings] = Field(default_factory=_default_rules)
     enabled: bool = True
-
-    model_config = ConfigDict(frozen=True, extra="forbid", arbitrary_types_allowed=True)
 
     @model_validator(mode="after")
     def _unique_names(self) -> AlertsSettings:
@@ -171,7 +177,7 @@ class AlertsSettings(_Model):
             recipients=tuple(self.recipients),
             webhooks=tuple(self.webhooks),
             silences=tuple(silence.silence() for silence in self.silences),
-            quiet_hours=self.quiet_hours,
+            quiet_hours=parse_quiet_hours(self.quiet_hours),
             group_wait=self.group_wait,
             glitch_share=self.glitch_share,
         )

@@ -10,6 +10,7 @@ cannot place is reported with the file name alone).
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import difflib
 import enum
 import json
@@ -22,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
+
+from monitor.config_types import format_duration
 
 ENV_PREFIX = "MONITOR_"
 FILE_SUFFIX = "_FILE"
@@ -298,6 +301,10 @@ def plain(value: object) -> object:
         return str(value)
     if isinstance(value, enum.Enum):
         return value.value
+    if isinstance(value, dt.timedelta):
+        return format_duration(value)
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
     if isinstance(value, types.NoneType | bool | int | float | str):
         return value
     return str(value)

@@ -27,10 +27,11 @@ from prometheus_client import (
 )
 
 from monitor import __version__
+from monitor.alerts.model import EventState
 from monitor.errors import MonitorError
 from monitor.metrics_state import PREFIX, database_down, state_text
 from monitor.model import FetchOutcome, FetchRecord, SourceName, Store
-from monitor.store.results import ServiceState
+from monitor.store.results import AlertsWritten, ServiceState
 
 log = logging.getLogger(__name__)
 
@@ -137,11 +138,15 @@ class ServiceMetrics:
             "Polls whose chart another replica took over before their outcome was written.",
             registry=registry,
         )
-        # Filled by the alerting; defined here so dashboards and rules have them from the start.
-        self.alerts = Counter(
+        self._alerts = Counter(
             name("alerts"), "Rank alerts fired, by rule.", ["rule"], registry=registry
         )
-        self.notifications = Counter(
+        self._snapshots_held = Counter(
+            name("snapshots_held"),
+            "New snapshots held back from alerting: they looked like a feed glitch.",
+            registry=registry,
+        )
+        self._notifications = Counter(
             name("notifications"),
             "Notification attempts, by channel and result.",
             ["channel", "result"],
@@ -203,6 +208,17 @@ class ServiceMetrics:
             self.database_error(DatabaseOperation.SCRAPE)
             state = database_down()
         return state.encode() + generate_latest(self.registry)
+
+    def alerts_written(self, written: AlertsWritten) -> None:
+        """Count what a new snapshot did to alerting."""
+        for event in written.events:
+            if event.state is EventState.FIRING:
+                self._alerts.labels(event.rule).inc()
+        if written.held is not None:
+            self._snapshots_held.inc()
+
+    def notified(self, channel: str, result: str) -> None:
+        self._notifications.labels(channel, result).inc()
 
     def scheduler_missed(self) -> None:
         self._scheduler_missed.inc()

@@ -36,6 +36,7 @@ from monitor.sources.catalog import FeedEndpoints, FeedRequest, feed_requests
 from monitor.sources.http import FeedClient, FetchResult
 from monitor.sources.parsers import PARSERS
 from monitor.store.repository import Repository
+from monitor.store.results import AlertsWritten
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +254,7 @@ class Poller:
             fetches=[*failures, record],
             next_due_at=next_due_at,
         )
+        self._report_alerts(claim.chart, written.alerts)
         outcome = FetchOutcome.CHANGED if written.stored else FetchOutcome.UNCHANGED
         return PollResult(
             claim.chart,
@@ -261,6 +263,23 @@ class Poller:
             len(snapshot.entries),
             time.monotonic() - started,
         )
+
+    def _report_alerts(self, chart: ChartKey, written: AlertsWritten) -> None:
+        self._metrics.alerts_written(written)
+        if written.held is not None:
+            log.warning(
+                "%s: new snapshot held back from alerting, it looks like a feed glitch: %s",
+                chart,
+                written.held,
+                extra={"chart": chart.slug},
+            )
+        for event in written.events:
+            log.info(
+                "alert %s: %s",
+                event.state,
+                event.summary,
+                extra={"chart": chart.slug, "rule": event.rule, "app": event.app.name},
+            )
 
     def _count(self, fetches: list[FetchRecord]) -> None:
         for record in fetches:

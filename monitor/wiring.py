@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 import httpx
 import prometheus_client
 
+from monitor.alerts.policy import AlertPolicy
 from monitor.config import Settings
 from monitor.metrics import ServiceMetrics
 from monitor.model import Store
@@ -57,6 +58,10 @@ def watchlist_names(settings: Settings) -> dict[tuple[Store, str], str]:
     return {(app.store, app.store_id): app.name for app in settings.watched_apps()}
 
 
+def alert_policy(settings: Settings) -> AlertPolicy:
+    return settings.alerts.policy(watchlist_names(settings))
+
+
 def service_metrics(settings: Settings, repository: Repository) -> ServiceMetrics:
     # A `_created` series beside every counter and histogram doubles the series Prometheus
     # stores for a timestamp nothing here reads.
@@ -78,7 +83,7 @@ async def polling(
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[PollRounds]:
     """Everything a poll round needs, closed on exit."""
-    repository = Repository(database)
+    repository = Repository(database, alerts=alert_policy(settings), clock=utc_now)
     async with FeedClient(http_settings(settings), transport=transport) as client:
         poller = Poller(
             client=client,

@@ -16,6 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from monitor.store.engine import Database, open_database
+from monitor.store.migrate import upgrade
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ENV = "MONITOR_TEST_POSTGRES_URL"
 
@@ -72,3 +75,11 @@ def database_url(request: pytest.FixtureRequest) -> str:
     fixture = "sqlite_url" if request.param == "sqlite" else "postgres_url"
     url: str = request.getfixturevalue(fixture)
     return url
+
+
+@pytest.fixture
+def database(database_url: str) -> Iterator[Database]:
+    """A migrated database, on SQLite and on PostgreSQL (see `database_url`)."""
+    with open_database(database_url, writer=True) as db:
+        upgrade(db)
+        yield db

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import hashlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import pytest
 from sqlalchemy import Table, func, select
@@ -23,8 +23,7 @@ from monitor.model import (
     Store,
     Validators,
 )
-from monitor.store.engine import Database, open_database
-from monitor.store.migrate import upgrade
+from monitor.store.engine import Database
 from monitor.store.repository import Repository, SnapshotWrite
 from monitor.store.tables import app_ranks, metadata
 
@@ -36,13 +35,6 @@ US_PAID = ChartKey(Store.APPLE, "us", Collection.TOP_PAID, Device.IPHONE)
 JP_FREE = ChartKey(Store.APPLE, "jp", Collection.TOP_FREE, Device.IPHONE)
 CHATGPT = "6448311069"
 DEEPSEEK = "6737597349"
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    with open_database(database_url, writer=True) as db:
-        upgrade(db)
-        yield db
 
 
 @pytest.fixture
