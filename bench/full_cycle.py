@@ -107,13 +107,13 @@ async def floor_cycle(settings: Settings, charts: list[ChartKey]) -> float:
 
 
 async def full_cycles(
-    settings: Settings, database: Database, charts: list[ChartKey], feed_url: str, cycles: int
+    settings: Settings, repository: Repository, charts: list[ChartKey], feed_url: str, cycles: int
 ) -> tuple[list[float], list[float]]:
     """Seconds of each full cycle, and of the floor cycles measured between them."""
     seconds: list[float] = []
     floors: list[float] = []
-    metrics = service_metrics(settings, Repository(database))
-    async with polling(settings, database, metrics=metrics) as rounds:
+    metrics = service_metrics(settings, repository)
+    async with polling(settings, repository, metrics=metrics) as rounds:
         for cycle in range(1, cycles + 1):
             set_cycle(feed_url, cycle)
             if cycle % FLOOR_EVERY == 1:
@@ -166,8 +166,8 @@ def run_backend(backend: str, feed_url: str, database_url: str, cycles: int) -> 
     set_cycle(feed_url, 0)
     asyncio.run(floor_cycle(settings, charts))  # warms up what the first measured one would
     with open_database(database_url, writer=True) as database:
-        prepare_database(settings, database)
-        seconds, floors = asyncio.run(full_cycles(settings, database, charts, feed_url, cycles))
+        repository = prepare_database(settings, database)
+        seconds, floors = asyncio.run(full_cycles(settings, repository, charts, feed_url, cycles))
         sizes = stored_bytes(database)
         entries = ranked_entries(database)
         history, points = history_ms(database)

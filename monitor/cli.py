@@ -32,7 +32,6 @@ from monitor.model import ChartKey
 from monitor.output import OutputFormat, render
 from monitor.progress import Progress
 from monitor.rounds import RoundSummary
-from monitor.store.engine import Database
 from monitor.store.migrate import check_drift, current_revision, upgrade
 from monitor.store.repository import Repository
 from monitor.wiring import polling, service_metrics
@@ -122,14 +121,13 @@ def poll_once(ctx: click.Context, chart_slugs: Sequence[str], fmt: str) -> None:
     settings = settings_of(ctx)
     charts = _configured_charts(settings, chart_slugs)
 
-    async def poll(database: Database) -> RoundSummary:
-        metrics = service_metrics(settings, Repository(database))
-        async with polling(settings, database, metrics=metrics) as rounds:
+    async def poll(repository: Repository) -> RoundSummary:
+        metrics = service_metrics(settings, repository)
+        async with polling(settings, repository, metrics=metrics) as rounds:
             return await rounds.run_round(charts)
 
     with open_or_fail(settings, writer=True) as database:
-        prepare_database(settings, database)
-        summary = asyncio.run(poll(database))
+        summary = asyncio.run(poll(prepare_database(settings, database)))
     rows = [
         {
             "chart": r.chart.slug,

@@ -12,7 +12,10 @@ from collections.abc import AsyncIterator
 import httpx
 import prometheus_client
 
-from monitor.alerts.policy import AlertPolicy
+from monitor.alerts.channels import EmailChannel, WebhookChannel
+from monitor.alerts.email import SmtpSender
+from monitor.alerts.policy import Channel
+from monitor.alerts.sender import OutboxSender
 from monitor.config import Settings
 from monitor.metrics import ServiceMetrics
 from monitor.model import Store
@@ -25,6 +28,7 @@ from monitor.store.repository import Repository
 
 # Failed charts are retried sooner than the poll interval, to keep gaps in history short.
 FAILURE_RETRY = dt.timedelta(minutes=5)
+WEBHOOK_TIMEOUT_SECONDS = 10.0
 
 
 def utc_now() -> dt.datetime:
@@ -58,8 +62,40 @@ def watchlist_names(settings: Settings) -> dict[tuple[Store, str], str]:
     return {(app.store, app.store_id): app.name for app in settings.watched_apps()}
 
 
-def alert_policy(settings: Settings) -> AlertPolicy:
-    return settings.alerts.policy(watchlist_names(settings))
+def service_repository(settings: Settings, database: Database) -> Repository:
+    """The repository of the service and its commands, evaluating the configured rules."""
+    return Repository(
+        database, alerts=settings.alerts.policy(watchlist_names(settings)), clock=utc_now
+    )
+
+
+@contextlib.asynccontextmanager
+async def alert_delivery(
+    settings: Settings, repository: Repository, metrics: ServiceMetrics
+) -> AsyncIterator[OutboxSender]:
+    """The outbox sender with its email and webhook channels, closed on exit."""
+    async with httpx.AsyncClient(
+        timeout=WEBHOOK_TIMEOUT_SECONDS, headers={"User-Agent": settings.fetch.user_agent}
+    ) as client:
+        yield OutboxSender(
+            repository,
+            {
+                Channel.EMAIL: EmailChannel(
+                    SmtpSender(settings.smtp),
+                    from_address=settings.smtp.from_address,
+                    grafana_url=settings.http.grafana_url,
+                ),
+                Channel.WEBHOOK: WebhookChannel(
+                    client,
+                    external_url=settings.http.grafana_url
+                    or f"http://{settings.http.host}:{settings.http.port}/",
+                ),
+            },
+            owner=owner_id(),
+            domain=settings.smtp.message_id_domain,
+            clock=utc_now,
+            metrics=metrics,
+        )
 
 
 def service_metrics(settings: Settings, repository: Repository) -> ServiceMetrics:
@@ -77,13 +113,12 @@ def service_metrics(settings: Settings, repository: Repository) -> ServiceMetric
 @contextlib.asynccontextmanager
 async def polling(
     settings: Settings,
-    database: Database,
+    repository: Repository,
     *,
     metrics: ServiceMetrics,
     transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[PollRounds]:
     """Everything a poll round needs, closed on exit."""
-    repository = Repository(database, alerts=alert_policy(settings), clock=utc_now)
     async with FeedClient(http_settings(settings), transport=transport) as client:
         poller = Poller(
             client=client,

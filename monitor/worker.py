@@ -17,6 +17,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor import __version__
+from monitor.alerts.sender import OutboxSender
 from monitor.config import Settings
 from monitor.errors import MonitorError
 from monitor.metrics import ServiceMetrics
@@ -28,7 +29,14 @@ from monitor.store.engine import Database, open_database
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
 from monitor.web import Readiness, create_app
-from monitor.wiring import polling, service_metrics, utc_now, watchlist_names
+from monitor.wiring import (
+    alert_delivery,
+    polling,
+    service_metrics,
+    service_repository,
+    utc_now,
+    watchlist_names,
+)
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +96,7 @@ class DatabaseProbe:
 def prepare_database(settings: Settings, database: Database) -> Repository:
     """Migrate, then bring the schedule and the watchlist in line with the settings."""
     upgrade(database)
-    repository = Repository(database)
+    repository = service_repository(settings, database)
     charts = settings.chart_keys()
     sync = repository.sync_charts(charts, now=utc_now())
     log.info("charts: %d configured (%s)", len(charts), sync)
@@ -107,15 +115,27 @@ async def run_service(
     with contextlib.closing(listener), open_database(settings.database.url, writer=True) as db:
         repository = prepare_database(settings, db)
         metrics = service_metrics(settings, repository)
-        async with polling(settings, db, metrics=metrics, transport=transport) as rounds:
-            await _serve(settings, repository, metrics, rounds, listener)
+        async with (
+            polling(settings, repository, metrics=metrics, transport=transport) as rounds,
+            alert_delivery(settings, repository, metrics) as sender,
+        ):
+            await _serve(
+                settings,
+                repository=repository,
+                metrics=metrics,
+                rounds=rounds,
+                sender=sender,
+                listener=listener,
+            )
 
 
 async def _serve(
     settings: Settings,
+    *,
     repository: Repository,
     metrics: ServiceMetrics,
     rounds: PollRounds,
+    sender: OutboxSender,
     listener: socket.socket,
 ) -> None:
     stop = asyncio.Event()
@@ -128,6 +148,15 @@ async def _serve(
         rounds.tick,
         IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
         id="poll-ticker",
+        max_instances=1,
+        coalesce=True,
+        next_run_time=utc_now(),
+    )
+
+    scheduler.add_job(
+        sender.send_due,
+        IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
+        id="outbox-sender",
         max_instances=1,
         coalesce=True,
         next_run_time=utc_now(),

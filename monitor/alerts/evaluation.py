@@ -232,9 +232,12 @@ def _rival_checks(
         key = EpisodeKey(rule.name, app, f"{update.chart.slug}>{rival.store_id}")
         rival_now = update.ranks[rival]
         rival_before = update.previous.get(rival) if update.previous is not None else None
+        # Behind a rival that was not listed is not known: it may have just entered the
+        # chart below the app, which is no pass.
+        known_before = update.previous is not None and rival_before is not None
         holds = _entered(
             _ahead(now, rival_now) and (rule.top is None or _in_top(now, rule.top)),
-            None if update.previous is None else _ahead(before, rival_before),
+            _ahead(before, rival_before) if known_before else None,
             active=key in episodes,
         )
         facts = {"rival": rival.name, "rival_rank": summaries.rank_text(rival_now, update.depth)}

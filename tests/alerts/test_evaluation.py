@@ -260,6 +260,26 @@ def test_breadth_fires_when_the_count_of_countries_crosses_and_resolves_below() 
     ]
 
 
+def test_an_app_entering_the_chart_below_another_was_not_passed_by_it() -> None:
+    chart = Chart([Rule("passed", RuleKind.RIVAL_PASSED)])
+    chart.poll(T0, {DEEPSEEK: None, CHATGPT: 1})
+
+    enters = chart.poll(T0 + HOUR, {DEEPSEEK: 12, CHATGPT: 1})
+    climbs_past = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: 1, CHATGPT: 2})
+
+    assert enters == []
+    assert summaries(climbs_past) == ["DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #2"]
+
+
+def test_an_app_coming_from_below_the_chart_past_a_listed_rival_passed_it() -> None:
+    chart = Chart([Rule("passed", RuleKind.RIVAL_PASSED)])
+    chart.poll(T0, {DEEPSEEK: None, CHATGPT: 50})
+
+    assert summaries(chart.poll(T0 + HOUR, {DEEPSEEK: 10, CHATGPT: 50})) == [
+        "DeepSeek passed ChatGPT in US Top Free iPhone: #10 vs #50"
+    ]
+
+
 def test_a_rival_that_dropped_out_was_not_passed() -> None:
     chart = Chart([Rule("passed", RuleKind.RIVAL_PASSED)])
     chart.poll(T0, {DEEPSEEK: 5, CHATGPT: 3})

@@ -33,9 +33,11 @@ _LEGACY_PATH = re.compile(r"^/(?P<cc>[a-z]{2})/rss/(?P<feed>[a-z]+)/limit=(?P<n>
 
 
 class FakeAppleCharts:
-    """Payload for the n-th request of each URL; DeepSeek's climb plays in us top free."""
+    """Payload for the n-th request of each URL; DeepSeek's climb plays in us top free, one
+    rank of `climb` per poll (the last one stays)."""
 
-    def __init__(self) -> None:
+    def __init__(self, climb: tuple[int, ...] = DEEPSEEK_US_TOP_FREE_RANKS) -> None:
+        self._climb = climb
         sample = json.loads(V2_SAMPLE.read_text(encoding="utf-8"))
         self._envelope: dict[str, Any] = sample["feed"]
         self._apps: list[dict[str, Any]] = [
@@ -62,7 +64,7 @@ class FakeAppleCharts:
         apps = self._apps[offset:] + self._apps[:offset]
         if country == "us" and feed in ("top-free", "topfreeapplications"):
             apps = list(self._apps)
-            rank = DEEPSEEK_US_TOP_FREE_RANKS[min(poll, len(DEEPSEEK_US_TOP_FREE_RANKS) - 1)]
+            rank = self._climb[min(poll, len(self._climb) - 1)]
             apps.insert(rank - 1, DEEPSEEK)
         elif poll % 2:
             # Other charts change a little every other poll: two neighbours swap.
