@@ -51,7 +51,7 @@ class FakeAppleCharts:
         self._requests[path] = poll + 1
         if match := _V2_PATH.match(path):
             apps = self.chart(match["cc"], match["feed"], poll)[: int(match["n"])]
-            return self._v2(match["cc"], match["feed"], apps)
+            return self.v2_payload(match["cc"], match["feed"], apps)
         if match := _LEGACY_PATH.match(path):
             apps = self.chart(match["cc"], match["feed"], poll)[: int(match["n"])]
             return _legacy(match["cc"], apps)
@@ -71,7 +71,7 @@ class FakeAppleCharts:
             apps[3], apps[4] = apps[4], apps[3]
         return apps
 
-    def _v2(self, country: str, feed: str, apps: list[dict[str, Any]]) -> bytes:
+    def v2_payload(self, country: str, feed: str, apps: list[dict[str, Any]]) -> bytes:
         envelope = copy.deepcopy(self._envelope)
         envelope["country"] = country
         envelope["id"] = envelope["id"].replace("/us/", f"/{country}/").replace("top-free", feed)
