@@ -70,6 +70,12 @@ def test_the_compose_file_runs_the_monitor_on_a_healthy_postgres(resolved: dict[
         "postgresql+psycopg://monitor:s3cret@postgres:5432/monitor"
     )
     assert monitor["build"]["dockerfile"] == "deploy/Dockerfile"
+    # Alert emails go to mailpit by default, on its SMTP port inside the network.
+    assert (
+        monitor["environment"]["MONITOR_SMTP_HOST"],
+        monitor["environment"]["MONITOR_SMTP_PORT"],
+    ) == ("mailpit", "1025")
+    assert monitor["environment"]["MONITOR_ALERTS_RECIPIENTS"] == "ops@example.com"
     assert "postgres-data" in resolved["volumes"]
 
 
