@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from monitor import __version__, cli_queries
+from monitor import __version__, cli_alerts, cli_queries, cli_silences
 from monitor.cli_support import (
     FORMAT_OPTION,
     CliState,
@@ -183,7 +183,13 @@ def rebuild(ctx: click.Context) -> None:
     click.echo(f"rebuilt {count} rank points from stored snapshots")
 
 
-for command in (cli_queries.history, cli_queries.chart, cli_queries.apps):
+for command in (
+    cli_queries.history,
+    cli_queries.chart,
+    cli_queries.apps,
+    cli_alerts.alerts,
+    cli_silences.silence,
+):
     cli.add_command(command)
 
 

@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +17,7 @@ from monitor.config import Settings, load_settings, parse_duration
 from monitor.config_types import redact_url_password
 from monitor.errors import MonitorError
 from monitor.logs import configure_logging
+from monitor.model import Store
 from monitor.output import OutputFormat
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import current_revision
@@ -92,13 +93,27 @@ def open_or_fail(settings: Settings, *, writer: bool) -> Database:
 @contextlib.contextmanager
 def reading(settings: Settings) -> Iterator[Repository]:
     """A read-only repository; refuses a database without the schema instead of creating one."""
-    with open_or_fail(settings, writer=False) as database:
+    with _migrated(settings, writer=False) as database:
+        yield Repository(database)
+
+
+@contextlib.contextmanager
+def writing(settings: Settings) -> Iterator[Repository]:
+    """A repository for a command that changes a few rows (silences); like `reading`, it
+    refuses a database without the schema."""
+    with _migrated(settings, writer=True) as database:
+        yield Repository(database)
+
+
+@contextlib.contextmanager
+def _migrated(settings: Settings, *, writer: bool) -> Iterator[Database]:
+    with open_or_fail(settings, writer=writer) as database:
         with quiet_alembic():
             revision = current_revision(database)
         if revision is None:
             url = redact_url_password(settings.database.url)
             raise CommandFailed(f"database {url} has no schema: run `app-rank-monitor migrate`")
-        yield Repository(database)
+        yield database
 
 
 @contextlib.contextmanager
@@ -138,3 +153,23 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
 
 def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
     return None if value is None else parse_time(value)
+
+
+def watchlist_apps(
+    ref: str, names: Mapping[tuple[Store, str], str], *, param_hint: str
+) -> list[tuple[Store, str]]:
+    """The watchlist apps `ref` names, by watchlist name (any case) or store id; a usage error
+    listing the watchlist when there is none."""
+    wanted = ref.strip()
+    apps = [
+        key
+        for key, name in names.items()
+        if name.casefold() == wanted.casefold() or key[1] == wanted
+    ]
+    if not apps:
+        known = ", ".join(sorted(names.values())) or "it is empty"
+        raise click.BadParameter(
+            f"{ref!r} is neither the name nor the store id of a watchlist app ({known})",
+            param_hint=param_hint,
+        )
+    return apps

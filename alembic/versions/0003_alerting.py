@@ -1,4 +1,4 @@
-"""Alerting: rule episodes, glitch holds, alert events and the notification outbox.
+"""Alerting: rule episodes, glitch holds, alert events, the notification outbox, silences.
 
 Revision ID: 0003
 Revises: 0002
@@ -173,8 +173,22 @@ def upgrade() -> None:
             batch_op.f("ix_delivery_attempts_message_id"), ["message_id"], unique=False
         )
 
+    op.create_table(
+        "silences",
+        sa.Column("id", sa.Integer(), nullable=False),
+        sa.Column("created_at", _utc(), nullable=False),
+        sa.Column("until", _utc(), nullable=False),
+        sa.Column("apps", sa.Text(), nullable=False),
+        sa.Column("countries", sa.Text(), nullable=False),
+        sa.Column("rules", sa.Text(), nullable=False),
+        sa.Column("comment", sa.Text(), nullable=False),
+        sa.Column("expired_at", _utc(), nullable=True),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_silences")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("silences")
     with op.batch_alter_table("delivery_attempts", schema=None) as batch_op:
         batch_op.drop_index(batch_op.f("ix_delivery_attempts_message_id"))
 

@@ -142,13 +142,17 @@ def claim_message(
         message_id=message,
         first_queued_at=min(row.created_at for row in rows),
         attempt=max(row.attempts for row in rows) + 1,
-        items=tuple(OutboxItem(row.id, row.app_id, _event(row, charts, app_names)) for row in rows),
+        items=tuple(
+            OutboxItem(row.id, row.app_id, stored_event(row, charts, app_names)) for row in rows
+        ),
     )
 
 
-def _event(
+def stored_event(
     row: Any, charts: Mapping[int, Any], app_names: Mapping[tuple[Store, str], str]
 ) -> AlertEvent:
+    """The event of an alert_events row joined with its app's store and store_id; `charts`
+    maps the row's chart id to its key, `app_names` gives the app its watchlist name."""
     store = Store(row.store)
     return AlertEvent(
         rule=row.rule,

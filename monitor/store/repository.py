@@ -11,13 +11,13 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import threading
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import TypeVar
 
 from sqlalchemy import Connection
 
 from monitor.alerts.model import RankSeries
-from monitor.alerts.policy import AlertPolicy
+from monitor.alerts.policy import AlertPolicy, Silence
 from monitor.model import (
     ChartKey,
     ChartSnapshot,
@@ -25,11 +25,14 @@ from monitor.model import (
     PollClaim,
     RankPoint,
     RankStatus,
+    Store,
     Validators,
     WatchedApp,
 )
-from monitor.store import derived, outbox, queries, schedule, snapshots
+from monitor.store import alert_queries, derived, outbox, queries, schedule, snapshots
 from monitor.store import history as rank_history
+from monitor.store import silences as stored_silences
+from monitor.store.alert_queries import AlertRecord
 from monitor.store.apps import AppCache, GrowthAnalyzer
 from monitor.store.engine import Database
 from monitor.store.results import (
@@ -46,9 +49,11 @@ from monitor.store.results import (
     TrackedRankChange,
     WatchlistSync,
 )
+from monitor.store.silences import StoredSilence
 from monitor.store.sql import in_autocommit, in_transaction, reading
 
 __all__ = [
+    "AlertRecord",
     "AppInfo",
     "ChartHealth",
     "ChartSync",
@@ -59,6 +64,7 @@ __all__ = [
     "ScheduleStatus",
     "ServiceState",
     "SnapshotWrite",
+    "StoredSilence",
     "TrackedAppStatus",
     "TrackedRankChange",
     "WatchlistSync",
@@ -315,6 +321,44 @@ class Repository:
                 c, message, outcome=outcome, now=now, error=error, retry_at=retry_at
             )
         )
+
+    def recent_alerts(
+        self,
+        *,
+        limit: int,
+        since: dt.datetime | None = None,
+        of_apps: Collection[tuple[Store, str]] | None = None,
+        app_names: Mapping[tuple[Store, str], str],
+    ) -> list[AlertRecord]:
+        """The latest `limit` alert events, newest first, with their deliveries; those at or
+        after `since` and of the apps `of_apps` ((store, store id) pairs) if given.
+        `app_names` names the apps (the watchlist's names)."""
+        return reading(
+            self._engine,
+            lambda c: alert_queries.recent_alerts(
+                c,
+                self._dialect,
+                self._charts,
+                limit=limit,
+                since=since,
+                of_apps=of_apps,
+                app_names=app_names,
+            ),
+        )
+
+    # -- silences added at run time ------------------------------------------------------
+
+    def add_silence(self, silence: Silence, *, now: dt.datetime) -> int:
+        """Store a silence, active from now on for the events written; returns its id."""
+        return self._transaction(lambda c: stored_silences.add(c, silence, now=now))
+
+    def silences(self, *, active_at: dt.datetime | None) -> list[StoredSilence]:
+        """The stored silences active at `active_at`, or all of them when None."""
+        return reading(self._engine, lambda c: stored_silences.stored(c, active_at=active_at))
+
+    def expire_silence(self, silence_id: int, *, now: dt.datetime) -> bool:
+        """End a silence now; False when no silence of that id is active now."""
+        return self._transaction(lambda c: stored_silences.expire(c, silence_id, now=now))
 
     def rank_series(
         self, app_id: int, charts: Collection[ChartKey], *, since: dt.datetime, until: dt.datetime

@@ -305,3 +305,19 @@ delivery_attempts = Table(
     Column("error", Text),
     Index(None, "message_id"),
 )
+
+# Silences added at run time with `app-rank-monitor silence add`; those of [alerts] silences
+# live in the configuration. Each selection is a JSON array of text, [] matching every value.
+silences = Table(
+    "silences",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("created_at", UtcDateTime, nullable=False),
+    Column("until", UtcDateTime, nullable=False),
+    Column("apps", Text, nullable=False),
+    Column("countries", Text, nullable=False),
+    Column("rules", Text, nullable=False),
+    Column("comment", Text, nullable=False),
+    # Set by `silence expire`: the silence ended then, before `until`.
+    Column("expired_at", UtcDateTime),
+)
