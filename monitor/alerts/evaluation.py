@@ -29,7 +29,9 @@ class ChartUpdate:
     `past[window]` gives the ranks as of `at - window`, for the windows the rules use (a
     window is missing when no snapshot is that old). `countries[app]` gives the app's current
     rank in every watched country of this kind of chart (same collection, device and genre),
-    this chart's country included, for breadth rules.
+    this chart's country included, for breadth rules; None when no app entered or left a
+    breadth rule's top on this chart, so that no country count changed (breadth rules are
+    then not checked: reading every country's chart at every snapshot would cost the most).
     """
 
     chart: ChartKey
@@ -38,7 +40,7 @@ class ChartUpdate:
     ranks: Ranks
     previous: Ranks | None
     past: Mapping[dt.timedelta, Ranks] = dataclasses.field(default_factory=dict)
-    countries: Mapping[AppRef, Mapping[str, int | None]] = dataclasses.field(default_factory=dict)
+    countries: Mapping[AppRef, Mapping[str, int | None]] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +63,7 @@ class EpisodeKey:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """The events of one poll, and the episodes to store: None deletes one that ended."""
+    """The events of one poll, and the episodes that changed: None deletes one that ended."""
 
     events: tuple[AlertEvent, ...]
     episodes: Mapping[EpisodeKey, Episode | None]
@@ -113,9 +115,13 @@ def evaluate(
             # Already in the top at the chart's first poll: not news, but leaving it will be.
             changed[check.key] = Episode(since=update.at, polls=1, firing=True, notified_at=None)
             continue
+        before = episode
         if episode is None:
             episode = Episode(since=update.at, polls=0, firing=False, notified_at=None)
-        episode = dataclasses.replace(episode, polls=episode.polls + 1)
+        if not episode.firing:
+            # Polls count towards confirmation only: a firing episode left as it is needs
+            # no write.
+            episode = dataclasses.replace(episode, polls=episode.polls + 1)
         confirmed = (
             episode.polls >= rule.confirm_snapshots
             and update.at - episode.since >= rule.confirm_for
@@ -129,7 +135,8 @@ def evaluate(
         if (confirmed and not episode.firing) or repeat_due:
             events.append(_event(check, update, EventState.FIRING, episode.since, repeat_due))
             episode = dataclasses.replace(episode, firing=True, notified_at=update.at)
-        changed[check.key] = episode
+        if episode != before:
+            changed[check.key] = episode
     return Evaluation(tuple(events), changed)
 
 
@@ -146,7 +153,8 @@ def _checks(
             if rule.kind is RuleKind.RIVAL_PASSED:
                 yield from _rival_checks(rule, app, update, episodes)
             elif rule.kind is RuleKind.BREADTH:
-                yield _breadth_check(rule, app, update, episodes)
+                if update.countries is not None:
+                    yield _breadth_check(rule, app, update.countries, update, episodes)
             else:
                 yield _chart_check(rule, app, update, episodes)
 
@@ -254,13 +262,17 @@ def _ahead(rank: int | None, rival: int | None) -> bool:
 
 
 def _breadth_check(
-    rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
+    rule: Rule,
+    app: AppRef,
+    ranks_by_country: Mapping[AppRef, Mapping[str, int | None]],
+    update: ChartUpdate,
+    episodes: Mapping[EpisodeKey, Episode],
 ) -> _Check:
     scope = breadth_scope(update.chart)
     key = EpisodeKey(rule.name, app, breadth_target(update.chart))
     countries = {
         country: rank
-        for country, rank in update.countries.get(app, {}).items()
+        for country, rank in ranks_by_country.get(app, {}).items()
         if not rule.countries or country in rule.countries
     }
     in_top = sorted(country for country, rank in countries.items() if _in_top(rank, rule.top))

@@ -4,7 +4,8 @@ Run for a new snapshot that is the chart's latest. It reads the chart's alert ep
 glitch hold), evaluates the rules (monitor.alerts.evaluation, pure), and writes the episodes,
 the events and their notifications in the same transaction as the snapshot: a snapshot is
 stored with exactly its alerts, or not at all. Snapshots that arrive late, failed polls and
-unchanged ones evaluate nothing.
+unchanged ones evaluate nothing. An event that a silence holds back (one of the settings, or
+one added with `silence add` and active when the event is written) is stored, and not queued.
 
 Breadth episodes span the charts of one kind (every country's Top Free iPhone): on
 PostgreSQL, writers of such charts take a transaction lock on the kind first, so that two
@@ -34,7 +35,7 @@ from monitor.alerts.glitch import glitch_reason
 from monitor.alerts.model import AlertEvent, AppRef, RuleKind
 from monitor.alerts.policy import AlertPolicy, Delivery
 from monitor.model import ChartKey, Store
-from monitor.store import packing
+from monitor.store import packing, silences
 from monitor.store.results import AlertsWritten
 from monitor.store.sql import insert_ignoring_conflicts
 from monitor.store.tables import (
@@ -80,21 +81,23 @@ def evaluate_snapshot(
     apps = {
         app_id: _app_ref(policy, new.chart.store, store_id) for app_id, store_id in tracked.items()
     }
-    breadth = any(rule.kind is RuleKind.BREADTH and rule.covers(new.chart) for rule in policy.rules)
+    ranks = _ranks(new.ranked, apps)
+    previous = None if baseline is None else _ranks(baseline, apps)
+    breadth = _breadth_changed(policy, new.chart, ranks, previous)
     if breadth and dialect == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(_lock_key(breadth_target(new.chart)))))
     update = ChartUpdate(
         chart=new.chart,
         at=new.at,
         depth=new.depth,
-        ranks=_ranks(new.ranked, apps),
-        previous=None if baseline is None else _ranks(baseline, apps),
+        ranks=ranks,
+        previous=previous,
         past={
             window: _ranks(ranked, apps)
             for window in {rule.window for rule in policy.rules if rule.window is not None}
             if (ranked := _ranking_at(connection, new.chart_id, new.at - window)) is not None
         },
-        countries=_countries(connection, new, apps) if breadth else {},
+        countries=_countries(connection, new, apps) if breadth else None,
     )
     episodes = _episodes(connection, new, apps, breadth=breadth)
     result = evaluate(update, episodes, policy.rules)
@@ -150,6 +153,29 @@ def _baseline(connection: Connection, new: NewSnapshot, policy: AlertPolicy) -> 
     # baseline is what alerts are about.
     connection.execute(delete(alert_holds).where(alert_holds.c.chart_id == new.chart_id))
     return baseline
+
+
+def _breadth_changed(
+    policy: AlertPolicy,
+    chart: ChartKey,
+    ranks: Mapping[AppRef, int | None],
+    previous: Mapping[AppRef, int | None] | None,
+) -> bool:
+    """Whether a breadth rule needs the other countries' charts for this snapshot: an app
+    entered or left its top here (the only way its country count moves), or the rule waits
+    for confirmation, which counts every snapshot."""
+
+    def in_top(rank: int | None, top: int | None) -> bool:
+        return rank is not None and top is not None and rank <= top
+
+    rules = [rule for rule in policy.rules if rule.kind is RuleKind.BREADTH and rule.covers(chart)]
+    if any(rule.confirm_snapshots > 1 or rule.confirm_for for rule in rules):
+        return True
+    return previous is not None and any(
+        in_top(rank, rule.top) != in_top(previous.get(app), rule.top)
+        for rule in rules
+        for app, rank in ranks.items()
+    )
 
 
 def _ranking(connection: Connection, snapshot_id: int) -> bytes:
@@ -282,19 +308,32 @@ def _write_events(
 ) -> tuple[AlertEvent, ...]:
     """Store the events and, for each that no silence holds back, its notifications; an
     event stored before (the same poll written twice) is skipped."""
+    # Read only when there is something to silence: most snapshots bring no event.
+    added = silences.stored(connection, active_at=now) if events else []
     written = []
     for event in events:
-        silence = policy.silence_for(event)
+        silenced_by = _silenced_by(event, policy, added)
         event_id = connection.execute(
             insert_ignoring_conflicts(alert_events, dialect).returning(alert_events.c.id),
-            _event_row(event, new, app_ids, silence.describe() if silence else None),
+            _event_row(event, new, app_ids, silenced_by),
         ).scalar()
         if event_id is None:
             continue
         written.append(event)
-        if silence is None:
+        if silenced_by is None:
             _queue(connection, event_id, policy.deliveries(event, now=now), now=now)
     return tuple(written)
+
+
+def _silenced_by(
+    event: AlertEvent, policy: AlertPolicy, added: Sequence[silences.StoredSilence]
+) -> str | None:
+    """The silence that holds the event back, from the settings or added at run time."""
+    configured = policy.silence_for(event)
+    if configured is not None:
+        return configured.describe()
+    matching = next((stored for stored in added if stored.silence.matches(event)), None)
+    return matching.describe() if matching is not None else None
 
 
 def _event_row(

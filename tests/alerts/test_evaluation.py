@@ -56,7 +56,7 @@ class Chart:
             ranks=ranks,
             previous=self.previous,
             past={window: value for window, value in past.items() if value is not None},
-            countries=countries or {},
+            countries=countries,
         )
         result = evaluate(update, self.episodes, self.rules)
         for key, episode in result.episodes.items():

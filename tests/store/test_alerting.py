@@ -211,11 +211,14 @@ def test_breadth_counts_the_latest_snapshot_of_every_country(database: Database)
     poller.store(GB_FREE, T0, chart_with({DEEPSEEK: 5}, tag="g"))
 
     crossed = poller.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 8}))
+    # Within the top 10 here: no country count changed, nothing to say.
+    within = poller.store(US_FREE, T0 + 2 * HOUR, chart_with({DEEPSEEK: 7}))
     gb_falls = poller.store(GB_FREE, T0 + HOUR, chart_with({DEEPSEEK: 40}, tag="g"))
 
     assert [e.summary for e in crossed.alerts.events] == [
         "DeepSeek in the top 10 in 2 countries (Top Free iPhone): GB, US"
     ]
+    assert within.alerts.events == ()
     assert [e.summary for e in gb_falls.alerts.events] == [
         "DeepSeek in the top 10 in fewer than 2 countries (Top Free iPhone): now 1"
     ]
