@@ -12,7 +12,10 @@ separate process, budget disabled):
 Targets (issue #2): c <= 1.5, b <= 20 s, d <= 12 (PostgreSQL) / 16 (SQLite), e <= 200 ms,
 f <= 250 MB.
 
-    python bench/full_cycle.py [--cycles 24] [--backend sqlite|postgres|both]
+Alert rules (the default set, evaluated in every snapshot's transaction) are on, as in the
+service; `--no-alerts` measures the storage path alone.
+
+    python bench/full_cycle.py [--cycles 24] [--backend sqlite|postgres|both] [--no-alerts]
         [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
 """
 
@@ -63,7 +66,7 @@ def free_port() -> int:
         return port
 
 
-def bench_settings(feed_url: str, database_url: str) -> Settings:
+def bench_settings(feed_url: str, database_url: str, *, alerts: bool = True) -> Settings:
     return load_settings(
         None,
         {
@@ -75,6 +78,7 @@ def bench_settings(feed_url: str, database_url: str) -> Settings:
             "MONITOR_CHARTS_DEVICES": "iphone,ipad",
             "MONITOR_FETCH_REQUESTS_PER_MINUTE": "0",
             "MONITOR_LOG_LEVEL": "WARNING",
+            "MONITOR_ALERTS_ENABLED": str(alerts).lower(),
         },
     )
 
@@ -160,8 +164,10 @@ def history_ms(database: Database) -> tuple[float, int]:
     return min(timings), len(points)
 
 
-def run_backend(backend: str, feed_url: str, database_url: str, cycles: int) -> dict[str, Any]:
-    settings = bench_settings(feed_url, database_url)
+def run_backend(
+    backend: str, feed_url: str, database_url: str, cycles: int, *, alerts: bool
+) -> dict[str, Any]:
+    settings = bench_settings(feed_url, database_url, alerts=alerts)
     charts = settings.chart_keys()
     set_cycle(feed_url, 0)
     asyncio.run(floor_cycle(settings, charts))  # warms up what the first measured one would
@@ -175,6 +181,7 @@ def run_backend(backend: str, feed_url: str, database_url: str, cycles: int) -> 
     floor = statistics.median(floors)
     return {
         "backend": backend,
+        "alerts": alerts,
         "charts": len(charts),
         "cycles": cycles,
         "floor_s": round(floor, 2),
@@ -242,11 +249,15 @@ def main() -> None:
     parser.add_argument(
         "--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
+    parser.add_argument("--no-alerts", action="store_true", help="alert rules off")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: feed_url,database_url
     args = parser.parse_args()
     if args.one:
         backend, feed_url, database_url = args.one.split(",", 2)
-        print(json.dumps(run_backend(backend, feed_url, database_url, args.cycles)))
+        result = run_backend(
+            backend, feed_url, database_url, args.cycles, alerts=not args.no_alerts
+        )
+        print(json.dumps(result))
         return
 
     port = free_port()
@@ -264,6 +275,7 @@ def main() -> None:
                 # One process per backend, so each reports its own peak RSS.
                 out = subprocess.run(
                     [sys.executable, __file__, "--cycles", str(args.cycles),
+                     *(["--no-alerts"] if args.no_alerts else []),
                      "--one", f"{dialect},{feed_url},{url}"],
                     capture_output=True, text=True, check=True,
                 ).stdout  # fmt: skip
