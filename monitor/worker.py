@@ -144,23 +144,17 @@ async def _serve(
         loop.add_signal_handler(signum, stop.set)
 
     scheduler = AsyncIOScheduler(timezone=dt.UTC)
-    scheduler.add_job(
-        rounds.tick,
-        IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
-        id="poll-ticker",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=utc_now(),
-    )
-
-    scheduler.add_job(
-        sender.send_due,
-        IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
-        id="outbox-sender",
-        max_instances=1,
-        coalesce=True,
-        next_run_time=utc_now(),
-    )
+    # Both start at once and run every tick; a run still going when the next is due is
+    # left to finish (a long poll round, a slow mail server), not doubled.
+    for job, name in ((rounds.tick, "poll-ticker"), (sender.send_due, "outbox-sender")):
+        scheduler.add_job(
+            job,
+            IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
+            id=name,
+            max_instances=1,
+            coalesce=True,
+            next_run_time=utc_now(),
+        )
 
     def count_failed_tick(event: JobExecutionEvent) -> None:
         if event.code == EVENT_JOB_MISSED:

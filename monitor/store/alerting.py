@@ -36,6 +36,7 @@ from monitor.alerts.model import AlertEvent, AppRef, RuleKind
 from monitor.alerts.policy import AlertPolicy, Delivery
 from monitor.model import ChartKey, Store
 from monitor.store import packing, silences
+from monitor.store.queries import latest_of_chart
 from monitor.store.results import AlertsWritten
 from monitor.store.sql import insert_ignoring_conflicts
 from monitor.store.tables import (
@@ -211,14 +212,7 @@ def _countries(
 ) -> dict[AppRef, dict[str, int | None]]:
     """Each tracked app's rank in the latest snapshot of every enabled chart of the new
     snapshot's kind, the new snapshot standing for its own chart."""
-    latest = (
-        select(snapshots.c.ranked_app_ids)
-        .where(snapshots.c.chart_id == charts.c.id)
-        .order_by(snapshots.c.fetched_at.desc())
-        .limit(1)
-        .correlate(charts)
-        .scalar_subquery()
-    )
+    latest = latest_of_chart(snapshots.c.ranked_app_ids, charts.c.id)
     rows = connection.execute(
         select(charts.c.country, latest)
         .join(poll_tasks, poll_tasks.c.chart_id == charts.c.id)

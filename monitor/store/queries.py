@@ -119,6 +119,19 @@ def chart_at(
     )
 
 
+def latest_of_chart(column: Any, chart_id: Any) -> Any:
+    """`column` of the latest snapshot of the chart `chart_id` of the enclosing query: one
+    index probe per chart (a correlated LIMIT 1)."""
+    return (
+        select(column)
+        .where(snapshots.c.chart_id == chart_id)
+        .order_by(snapshots.c.fetched_at.desc())
+        .limit(1)
+        .correlate(chart_id.table)
+        .scalar_subquery()
+    )
+
+
 def tracked_apps(connection: Connection, catalog: ChartCatalog) -> list[TrackedAppStatus]:
     """Tracked apps with their rank in the latest snapshot of every enabled chart.
 
@@ -133,14 +146,7 @@ def tracked_apps(connection: Connection, catalog: ChartCatalog) -> list[TrackedA
     ]
     if not tracked:
         return []
-    latest_id = (
-        select(snapshots.c.id)
-        .where(snapshots.c.chart_id == poll_tasks.c.chart_id)
-        .order_by(snapshots.c.fetched_at.desc())
-        .limit(1)
-        .correlate(poll_tasks)
-        .scalar_subquery()
-    )
+    latest_id = latest_of_chart(snapshots.c.id, poll_tasks.c.chart_id)
     latest_ids = [
         snapshot_id
         for snapshot_id in connection.scalars(
