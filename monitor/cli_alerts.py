@@ -32,8 +32,7 @@ from monitor.cli_support import (
     watchlist_apps,
 )
 from monitor.config import Settings
-from monitor.config_sections import is_mail_address
-from monitor.config_types import redact_url_password
+from monitor.config_types import is_mail_address, redact_url_password
 from monitor.errors import DeliveryError
 from monitor.model import Store
 from monitor.output import OutputFormat, render

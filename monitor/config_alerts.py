@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Mapping
+from collections.abc import Sequence
 from typing import Annotated, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -18,20 +18,12 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from monitor.alerts.model import RuleKind, Severity
 from monitor.alerts.policy import AlertPolicy, QuietHours, Silence
 from monitor.alerts.rules import Rule
-from monitor.config_types import Duration, NonEmptyStr
-from monitor.model import Collection, Device, Store
+from monitor.config_types import Duration, MailAddress, NonEmptyStr
+from monitor.model import Collection, Device, WatchedApp
 
-_ADDRESS = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$|^[^@\s]+@localhost$")
 _QUIET_HOURS = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})\s+(\S+)$")
 
 
-def _address(value: Any) -> Any:
-    if isinstance(value, str) and not _ADDRESS.match(value.strip()):
-        raise ValueError(f"{value!r} is not an email address")
-    return value.strip() if isinstance(value, str) else value
-
-
-EmailAddress = Annotated[str, BeforeValidator(_address)]
 RuleName = Annotated[str, Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,47}$")]
 
 
@@ -57,7 +49,7 @@ class RuleSettings(_Model):
     confirm_for: Duration = dt.timedelta(0)
     repeat_interval: Duration | None = None
     send_resolved: bool = True
-    recipients: list[EmailAddress] = []
+    recipients: list[MailAddress] = []
 
     @model_validator(mode="after")
     def _consistent(self) -> RuleSettings:
@@ -153,7 +145,7 @@ def _quiet_hours(value: Any) -> Any:
 
 
 class AlertsSettings(_Model):
-    recipients: list[EmailAddress] = []
+    recipients: list[MailAddress] = []
     webhooks: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
     group_wait: Duration = dt.timedelta(minutes=1)
     quiet_hours: Annotated[str, BeforeValidator(_quiet_hours)] = ""
@@ -170,11 +162,15 @@ class AlertsSettings(_Model):
             raise ValueError(f"rule names must be unique: {', '.join(duplicates)}")
         return self
 
-    def policy(self, app_names: Mapping[tuple[Store, str], str]) -> AlertPolicy:
+    def policy(self, apps: Sequence[WatchedApp]) -> AlertPolicy:
+        """The policy for the watchlist `apps` (their names and own recipients)."""
         return AlertPolicy(
             rules=tuple(rule for s in self.rules for rule in s.rules()) if self.enabled else (),
-            app_names=dict(app_names),
+            app_names={(app.store, app.store_id): app.name for app in apps},
             recipients=tuple(self.recipients),
+            app_recipients={
+                (app.store, app.store_id): app.recipients for app in apps if app.recipients
+            },
             webhooks=tuple(self.webhooks),
             silences=tuple(silence.silence() for silence in self.silences),
             quiet_hours=parse_quiet_hours(self.quiet_hours),

@@ -26,16 +26,19 @@ import monitor
 from monitor import config_seeds
 from monitor.config_sources import Loc
 from monitor.config_types import (
+    DNS_LABEL,
     DatabaseUrl,
     Duration,
     HeaderValue,
     HttpUrl,
+    MailAddress,
     NonEmptyStr,
     NonNegativeSeconds,
     PositiveSeconds,
     Secret,
     at_least,
     format_duration,
+    is_mail_address,
     redact_url_password,
 )
 from monitor.sources.catalog import MAX_DEPTH
@@ -172,24 +175,8 @@ class SeedsSettings(_Section):
     )
 
 
-# An ASCII addr-spec: dot-atom local part, dot-separated host labels. Stricter than RFC 5322
-# (no quoted local parts, no address literals) and so safe in an SMTP envelope and a header.
-_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
-_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
-_MAIL_ADDRESS = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@({_LABEL}(?:\.{_LABEL})*)$")
-_DOMAIN = re.compile(rf"^{_LABEL}(?:\.{_LABEL})*$")
+_DOMAIN = re.compile(rf"^{DNS_LABEL}(?:\.{DNS_LABEL})*$")
 DEFAULT_FROM_ADDRESS = "app-rank-monitor@localhost"
-
-
-def is_mail_address(text: str) -> bool:
-    """Whether `text` is a plain ASCII address such as ops@example.com (RFC 5321's length cap)."""
-    return len(text) <= 254 and _MAIL_ADDRESS.match(text) is not None
-
-
-def _mail_address(value: str) -> str:
-    if not is_mail_address(value):
-        raise ValueError("expected a plain ASCII e-mail address such as alerts@example.com")
-    return value
 
 
 def _domain(value: str) -> str:
@@ -198,9 +185,6 @@ def _domain(value: str) -> str:
     return value.lower()
 
 
-MailAddress = Annotated[
-    str, StringConstraints(strip_whitespace=True), AfterValidator(_mail_address)
-]
 Domain = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_domain)]
 
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, ValidationError
 
 from monitor.config_sources import Loc, TomlDocument
-from monitor.config_types import NonEmptyStr
+from monitor.config_types import MailAddress, NonEmptyStr
 from monitor.model import ChartKey, Collection, Device, Store, WatchedApp
 from monitor.sources.catalog import is_supported
 
@@ -73,9 +73,12 @@ class WatchlistEntry(BaseModel):
     store_id: StoreId
     name: NonEmptyStr
     bundle_id: NonEmptyStr | None = None
+    recipients: list[MailAddress] = []
 
     def watched_app(self) -> WatchedApp:
-        return WatchedApp(self.store, self.store_id, self.name, self.bundle_id)
+        return WatchedApp(
+            self.store, self.store_id, self.name, self.bundle_id, tuple(self.recipients)
+        )
 
 
 class ChartSeed(BaseModel):

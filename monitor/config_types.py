@@ -126,3 +126,26 @@ def _header_safe(value: str) -> str:
 DatabaseUrl = Annotated[str, AfterValidator(_database_url), Secret(redact_url_password)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
 HeaderValue = Annotated[NonEmptyStr, AfterValidator(_header_safe)]
+
+
+# An ASCII addr-spec: dot-atom local part, dot-separated host labels. Stricter than RFC 5322
+# (no quoted local parts, no address literals) and so safe in an SMTP envelope and a header.
+_ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
+DNS_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
+_MAIL_ADDRESS = re.compile(rf"^{_ATOM}(?:\.{_ATOM})*@({DNS_LABEL}(?:\.{DNS_LABEL})*)$")
+
+
+def is_mail_address(text: str) -> bool:
+    """Whether `text` is a plain ASCII address such as ops@example.com (RFC 5321's length cap)."""
+    return len(text) <= 254 and _MAIL_ADDRESS.match(text) is not None
+
+
+def _mail_address(value: str) -> str:
+    if not is_mail_address(value):
+        raise ValueError("expected a plain ASCII e-mail address such as ops@example.com")
+    return value
+
+
+MailAddress = Annotated[
+    str, StringConstraints(strip_whitespace=True), AfterValidator(_mail_address)
+]

@@ -156,6 +156,8 @@ class WatchedApp:
     store_id: str
     name: str
     bundle_id: str | None = None
+    # Who gets this app's alerts, besides [alerts] recipients.
+    recipients: tuple[str, ...] = ()
 
 
 class RankStatus(enum.StrEnum):

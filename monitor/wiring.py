@@ -65,7 +65,7 @@ def watchlist_names(settings: Settings) -> dict[tuple[Store, str], str]:
 def service_repository(settings: Settings, database: Database) -> Repository:
     """The repository of the service and its commands, evaluating the configured rules."""
     return Repository(
-        database, alerts=settings.alerts.policy(watchlist_names(settings)), clock=utc_now
+        database, alerts=settings.alerts.policy(settings.watched_apps()), clock=utc_now
     )
 
 

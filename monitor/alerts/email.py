@@ -16,7 +16,8 @@ import ssl
 from email.message import EmailMessage
 from email.utils import getaddresses
 
-from monitor.config_sections import SmtpSettings, is_mail_address
+from monitor.config_sections import SmtpSettings
+from monitor.config_types import is_mail_address
 from monitor.errors import DeliveryError
 
 log = logging.getLogger(__name__)

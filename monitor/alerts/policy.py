@@ -81,12 +81,17 @@ class Delivery:
 
 @dataclasses.dataclass(frozen=True)
 class AlertPolicy:
-    """The rules and where their events go. A rule's own recipients replace `recipients`."""
+    """The rules and where their events go: to `recipients` and the app's own recipients, or
+    to the rule's recipients alone when it names some."""
 
     rules: tuple[Rule, ...] = ()
     # The watchlist's names, (store, store id) -> name: how events name apps.
     app_names: Mapping[tuple[Store, str], str] = dataclasses.field(default_factory=dict)
     recipients: tuple[str, ...] = ()
+    # An app's own recipients (from the watchlist), besides `recipients`.
+    app_recipients: Mapping[tuple[Store, str], tuple[str, ...]] = dataclasses.field(
+        default_factory=dict
+    )
     webhooks: tuple[str, ...] = ()
     silences: tuple[Silence, ...] = ()
     quiet_hours: QuietHours | None = None
@@ -100,7 +105,11 @@ class AlertPolicy:
 
     def deliveries(self, event: AlertEvent, *, now: dt.datetime) -> list[Delivery]:
         rule = next((rule for rule in self.rules if rule.name == event.rule), None)
-        recipients = rule.recipients if rule is not None and rule.recipients else self.recipients
+        if rule is not None and rule.recipients:
+            recipients = rule.recipients
+        else:
+            own = self.app_recipients.get((event.app.store, event.app.store_id), ())
+            recipients = tuple(dict.fromkeys((*self.recipients, *own)))
         not_before = now + self.group_wait
         if self.quiet_hours is not None:
             not_before = self.quiet_hours.release(not_before)

@@ -29,7 +29,7 @@ from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoes
 
 from monitor.alerts.model import AlertEvent, AppNews, Notification, chart_title
 from monitor.alerts.rank_plot import draw_rank_plot
-from monitor.config_sections import is_mail_address
+from monitor.config_types import is_mail_address
 from monitor.errors import DeliveryError
 
 SENDER_NAME = "App Rank Monitor"

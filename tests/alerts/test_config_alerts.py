@@ -11,14 +11,20 @@ import pytest
 from pydantic import ValidationError
 
 from monitor.alerts.model import RuleKind
+from monitor.config import load_settings
 from monitor.config_alerts import AlertsSettings
-from monitor.model import Store
+from monitor.errors import ConfigError
+from monitor.model import Store, WatchedApp
 
-NAMES = {(Store.APPLE, "6737597349"): "DeepSeek"}
+WATCHLIST = [
+    WatchedApp(Store.APPLE, "6737597349", "DeepSeek", recipients=("ds-fans@example.com",)),
+    WatchedApp(Store.APPLE, "6448311069", "ChatGPT"),
+]
+NAMES = {(Store.APPLE, "6737597349"): "DeepSeek", (Store.APPLE, "6448311069"): "ChatGPT"}
 
 
 def test_the_default_rules_tell_a_climb_to_number_one() -> None:
-    policy = AlertsSettings().policy(NAMES)
+    policy = AlertsSettings().policy(WATCHLIST)
 
     assert [(rule.name, rule.kind, rule.top) for rule in policy.rules] == [
         ("big-move", RuleKind.MOVED, None),
@@ -30,6 +36,7 @@ def test_the_default_rules_tell_a_climb_to_number_one() -> None:
     ]
     assert policy.app_names == NAMES
     assert policy.recipients == ()
+    assert policy.app_recipients == {(Store.APPLE, "6737597349"): ("ds-fans@example.com",)}
     assert policy.group_wait == dt.timedelta(minutes=1)
 
 
@@ -53,7 +60,7 @@ def test_rules_from_settings_with_their_options() -> None:
         }
     )
 
-    (rule,) = settings.policy(NAMES).rules
+    (rule,) = settings.policy(WATCHLIST).rules
     assert rule.window == dt.timedelta(days=1)
     assert rule.repeat_interval == dt.timedelta(hours=12)
     assert rule.countries == frozenset({"us", "gb"})
@@ -61,7 +68,7 @@ def test_rules_from_settings_with_their_options() -> None:
 
 
 def test_disabled_alerting_has_no_rules() -> None:
-    assert AlertsSettings(enabled=False).policy(NAMES).rules == ()
+    assert AlertsSettings(enabled=False).policy(WATCHLIST).rules == ()
 
 
 def errors(values: dict[str, Any]) -> str:
@@ -81,7 +88,7 @@ def errors(values: dict[str, Any]) -> str:
             {"rules": [{"name": "a", "kind": "dropped_out"}, {"name": "a", "kind": "dropped_out"}]},
             "rule names must be unique: a",
         ),
-        ({"recipients": ["not an address"]}, "'not an address' is not an email address"),
+        ({"recipients": ["not an address"]}, "expected a plain ASCII e-mail address"),
         ({"quiet_hours": "22-07"}, 'expected "HH:MM-HH:MM Area/City"'),
         ({"quiet_hours": "22:00-07:00 Mars/Olympus"}, "Mars/Olympus"),
         ({"silences": [{"until": "2025-02-01T00:00:00"}]}, "until needs a time zone"),
@@ -100,10 +107,30 @@ def test_quiet_hours_and_silences_become_the_policys() -> None:
         }
     )
 
-    policy = settings.policy(NAMES)
+    policy = settings.policy(WATCHLIST)
     assert policy.quiet_hours is not None
     assert (policy.quiet_hours.start, policy.quiet_hours.end) == (dt.time(22), dt.time(7))
     assert policy.quiet_hours.timezone == ZoneInfo("Europe/Berlin")
     (silence,) = policy.silences
     assert silence.until == dt.datetime(2025, 1, 31, 23, 0, tzinfo=dt.UTC)
     assert silence.apps == frozenset({"DeepSeek"})
+
+
+def test_a_watchlist_app_can_name_its_own_recipients() -> None:
+    entry = '[{"store_id": "1234567890", "name": "Rival", "recipients": ["rival@example.com"]}]'
+    settings = load_settings(None, {"MONITOR_WATCHLIST_APPS": entry})
+
+    (rival,) = [app for app in settings.watched_apps() if app.name == "Rival"]
+    assert rival.recipients == ("rival@example.com",)
+    assert settings.alerts.policy(settings.watched_apps()).app_recipients == {
+        (Store.APPLE, "1234567890"): ("rival@example.com",)
+    }
+
+
+def test_a_bad_recipient_in_the_watchlist_is_refused_naming_it() -> None:
+    entry = '[{"store_id": "1", "name": "X", "recipients": ["nobody"]}]'
+
+    with pytest.raises(ConfigError) as refused:
+        load_settings(None, {"MONITOR_WATCHLIST_APPS": entry})
+
+    assert "expected a plain ASCII e-mail address" in str(refused.value)

@@ -122,6 +122,25 @@ def test_events_go_to_the_rules_recipients_or_the_default_ones_after_the_group_w
     ]
 
 
+def test_an_apps_own_recipients_get_its_events_besides_the_default_ones() -> None:
+    policy = AlertPolicy(
+        rules=(
+            Rule("only-growth", RuleKind.ENTERED_TOP, top=1, recipients=("growth@example.com",)),
+        ),
+        recipients=("ops@example.com",),
+        app_recipients={(Store.APPLE, DEEPSEEK.store_id): ("ds@example.com", "ops@example.com")},
+    )
+
+    assert [d.recipient for d in policy.deliveries(event(), now=T0)] == [
+        "ops@example.com",
+        "ds@example.com",
+    ]
+    # A rule that names its recipients sends to them alone.
+    assert [d.recipient for d in policy.deliveries(event(rule="only-growth"), now=T0)] == [
+        "growth@example.com"
+    ]
+
+
 def test_deliveries_wait_for_the_end_of_quiet_hours() -> None:
     policy = AlertPolicy(
         recipients=("ops@example.com",),
