@@ -144,47 +144,53 @@ def _checks(
     update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode], rules: Sequence[Rule]
 ) -> Iterator[_Check]:
     chart = update.chart
+    apps = sorted(update.ranks)
     for rule in rules:
         if not rule.covers(chart):
             continue
-        for app in sorted(update.ranks):
+        for app in apps:
             if not rule.watches(app):
                 continue
             if rule.kind is RuleKind.RIVAL_PASSED:
-                yield from _rival_checks(rule, app, update, episodes)
+                yield from _rival_checks(rule, app, apps, update, episodes)
             elif rule.kind is RuleKind.BREADTH:
                 if update.countries is not None:
                     yield _breadth_check(rule, app, update.countries, update, episodes)
-            else:
-                yield _chart_check(rule, app, update, episodes)
+            elif (check := _chart_check(rule, app, update, episodes)) is not None:
+                yield check
 
 
 def _chart_check(
     rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
-) -> _Check:
+) -> _Check | None:
+    """The rule on the app on this chart; None when it neither holds nor ends anything."""
     key = EpisodeKey(rule.name, app, update.chart.slug)
+    active = key in episodes
     now = update.ranks[app]
     before = update.previous.get(app) if update.previous is not None else None
-    facts: dict[str, str] = {}
     if rule.kind is RuleKind.MOVED:
         if rule.window is not None:
             past = update.past.get(rule.window)
             before = past.get(app) if past is not None else None
-            facts["window"] = summaries.duration(rule.window)
         holds = _moved_enough(rule, now, before)
     else:
         holds = _entered(
             _inside(rule, now),
             None if update.previous is None else _inside(rule, before),
-            active=key in episodes,
+            active=active,
         )
-    if rule.top is not None:
-        facts["top"] = str(rule.top)
     # "Out of the top 10" is true whenever it was in the top 10 before; "back in the top 10"
     # and "back in the chart" would not be for an app that never was.
     known_at_start = (
         rule.kind is RuleKind.ENTERED_TOP and update.previous is None and _inside(rule, now)
     )
+    if not (holds or known_at_start or active):
+        return None
+    facts: dict[str, str] = {}
+    if rule.kind is RuleKind.MOVED and rule.window is not None:
+        facts["window"] = summaries.duration(rule.window)
+    if rule.top is not None:
+        facts["top"] = str(rule.top)
     return _Check(
         key,
         rule,
@@ -230,11 +236,16 @@ def _entered(inside_now: bool, inside_before: bool | None, *, active: bool) -> b
 
 
 def _rival_checks(
-    rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
+    rule: Rule,
+    app: AppRef,
+    apps: Sequence[AppRef],
+    update: ChartUpdate,
+    episodes: Mapping[EpisodeKey, Episode],
 ) -> Iterator[_Check]:
+    """Only the pairs where something holds or ends: of n apps' n(n-1) pairs, nearly none."""
     now = update.ranks[app]
     before = update.previous.get(app) if update.previous is not None else None
-    for rival in sorted(update.ranks):
+    for rival in apps:
         if rival == app or not rule.is_rival(rival):
             continue
         key = EpisodeKey(rule.name, app, f"{update.chart.slug}>{rival.store_id}")
@@ -243,11 +254,14 @@ def _rival_checks(
         # Behind a rival that was not listed is not known: it may have just entered the
         # chart below the app, which is no pass.
         known_before = update.previous is not None and rival_before is not None
+        active = key in episodes
         holds = _entered(
             _ahead(now, rival_now) and (rule.top is None or _in_top(now, rule.top)),
             _ahead(before, rival_before) if known_before else None,
-            active=key in episodes,
+            active=active,
         )
+        if not holds and not active:
+            continue
         facts = {"rival": rival.name, "rival_rank": summaries.rank_text(rival_now, update.depth)}
         if rival_before is not None:
             facts["rival_previous_rank"] = str(rival_before)
