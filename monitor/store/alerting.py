@@ -64,6 +64,22 @@ class NewSnapshot:
     previous_ranked: bytes | None
 
 
+@dataclasses.dataclass(frozen=True)
+class Hold:
+    baseline_snapshot_id: int
+    held_snapshot_id: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ChartAlertMemory:
+    """What a chart's alert state is in the database after its latest evaluation: its
+    episodes (breadth ones aside, which other charts share) and its glitch hold. Kept by the
+    process that wrote it, so that its next snapshot of the chart reads neither."""
+
+    episodes: Mapping[EpisodeKey, Episode]
+    hold: Hold | None
+
+
 def evaluate_snapshot(
     connection: Connection,
     dialect: str,
@@ -72,13 +88,17 @@ def evaluate_snapshot(
     tracked: Mapping[int, str],
     *,
     now: dt.datetime,
-) -> AlertsWritten:
-    """`tracked`: every tracked app, app id -> store id."""
+    known: ChartAlertMemory | None,
+) -> tuple[AlertsWritten, ChartAlertMemory | None]:
+    """`tracked`: every tracked app, app id -> store id. `known`: the chart's memory as this
+    process left it, valid (the claim proves no other process wrote the chart since)."""
     if not policy.rules or not tracked:
-        return AlertsWritten()
-    baseline = _baseline(connection, new, policy)
+        return AlertsWritten(), None
+    hold = known.hold if known is not None else _read_hold(connection, new.chart_id)
+    baseline, hold = _baseline(connection, new, policy, hold)
     if isinstance(baseline, str):
-        return AlertsWritten(held=baseline)
+        memory = None if known is None else dataclasses.replace(known, hold=hold)
+        return AlertsWritten(held=baseline), memory
     apps = {
         app_id: _app_ref(policy, new.chart.store, store_id) for app_id, store_id in tracked.items()
     }
@@ -100,60 +120,78 @@ def evaluate_snapshot(
         },
         countries=_countries(connection, new, apps) if breadth else None,
     )
-    episodes = _episodes(connection, new, apps, breadth=breadth)
+    target = breadth_target(new.chart)
+    if known is None:
+        episodes = _episodes(connection, new, apps, breadth=breadth)
+    else:
+        shared = _episodes(connection, new, apps, breadth=breadth, chart=False) if breadth else {}
+        episodes = {**known.episodes, **shared}
     result = evaluate(update, episodes, policy.rules)
     app_ids = {ref: app_id for app_id, ref in apps.items()}
     _write_episodes(connection, dialect, new, result.episodes, app_ids)
     events = _write_events(
         connection, dialect, policy, new, events=result.events, app_ids=app_ids, now=now
     )
-    return AlertsWritten(events=events)
+    after = {**episodes, **result.episodes}
+    memory = ChartAlertMemory(
+        {key: e for key, e in after.items() if e is not None and key.target != target}, hold
+    )
+    return AlertsWritten(events=events), memory
 
 
 def _app_ref(policy: AlertPolicy, store: Store, store_id: str) -> AppRef:
     return AppRef(store, store_id, policy.app_names.get((store, store_id), store_id))
 
 
-def _baseline(connection: Connection, new: NewSnapshot, policy: AlertPolicy) -> bytes | str | None:
-    """The ranking to compare the new snapshot with; or, when the new one is held back as a
-    glitch, why. None: the chart's first snapshot."""
-    hold = connection.execute(
-        select(alert_holds).where(alert_holds.c.chart_id == new.chart_id)
+def _read_hold(connection: Connection, chart_id: int) -> Hold | None:
+    row = connection.execute(
+        select(alert_holds.c.baseline_snapshot_id, alert_holds.c.held_snapshot_id).where(
+            alert_holds.c.chart_id == chart_id
+        )
     ).first()
+    return None if row is None else Hold(row.baseline_snapshot_id, row.held_snapshot_id)
+
+
+def _baseline(
+    connection: Connection, new: NewSnapshot, policy: AlertPolicy, hold: Hold | None
+) -> tuple[bytes | str | None, Hold | None]:
+    """The ranking to compare the new snapshot with (None: the chart's first snapshot) or,
+    when the new one is held back as a glitch, why; and the chart's hold after it."""
+    share = policy.glitch_share
     if hold is None:
         if new.previous_ranked is None or new.previous_id is None:
-            return None
+            return None, None
         reason = glitch_reason(
-            packing.slots(new.previous_ranked), packing.slots(new.ranked), share=policy.glitch_share
+            packing.slots(new.previous_ranked), packing.slots(new.ranked), share=share
         )
-        if reason is not None:
-            connection.execute(
-                alert_holds.insert().values(
-                    chart_id=new.chart_id,
-                    baseline_snapshot_id=new.previous_id,
-                    held_snapshot_id=new.snapshot_id,
-                    reason=reason,
-                )
+        if reason is None:
+            return new.previous_ranked, None
+        hold = Hold(new.previous_id, new.snapshot_id)
+        connection.execute(
+            alert_holds.insert().values(
+                chart_id=new.chart_id,
+                baseline_snapshot_id=hold.baseline_snapshot_id,
+                held_snapshot_id=hold.held_snapshot_id,
+                reason=reason,
             )
-        return reason if reason is not None else new.previous_ranked
+        )
+        return reason, hold
     baseline = _ranking(connection, hold.baseline_snapshot_id)
     held = _ranking(connection, hold.held_snapshot_id)
     after = packing.slots(new.ranked)
-    reason = glitch_reason(packing.slots(held), after, share=policy.glitch_share)
-    if reason is not None and glitch_reason(
-        packing.slots(baseline), after, share=policy.glitch_share
-    ):
+    reason = glitch_reason(packing.slots(held), after, share=share)
+    if reason is not None and glitch_reason(packing.slots(baseline), after, share=share):
         # Like neither the held snapshot nor the one before it: still not to be trusted.
         connection.execute(
             alert_holds.update()
             .where(alert_holds.c.chart_id == new.chart_id)
             .values(held_snapshot_id=new.snapshot_id, reason=reason)
         )
-        return reason
+        return reason, Hold(hold.baseline_snapshot_id, new.snapshot_id)
     # Confirmed (like the held one) or reverted (like the baseline): the change since the
     # baseline is what alerts are about.
     connection.execute(delete(alert_holds).where(alert_holds.c.chart_id == new.chart_id))
-    return baseline
+    return baseline, None
 
 
 def _breadth_changed(
@@ -232,12 +270,19 @@ def _countries(
 
 
 def _episodes(
-    connection: Connection, new: NewSnapshot, apps: Mapping[int, AppRef], *, breadth: bool
+    connection: Connection,
+    new: NewSnapshot,
+    apps: Mapping[int, AppRef],
+    *,
+    breadth: bool,
+    chart: bool = True,
 ) -> dict[EpisodeKey, Episode]:
-    where = alert_episodes.c.chart_id == new.chart_id
-    if breadth:
-        where = or_(where, and_(alert_episodes.c.chart_id.is_(None),
-                                alert_episodes.c.target == breadth_target(new.chart)))  # fmt: skip
+    """The chart's own episodes (`chart`) and the breadth ones of its kind (`breadth`)."""
+    shared = and_(
+        alert_episodes.c.chart_id.is_(None), alert_episodes.c.target == breadth_target(new.chart)
+    )
+    own = alert_episodes.c.chart_id == new.chart_id
+    where = or_(own, shared) if chart and breadth else own if chart else shared
     rows = connection.execute(select(alert_episodes).where(where)).all()
     return {
         EpisodeKey(row.rule, apps[row.app_id], row.target): Episode(

@@ -60,6 +60,8 @@ class Latest:
     fetched_at: dt.datetime
     content_hash: bytes
     ranked_app_ids: bytes
+    # The chart's alert state after this process evaluated the snapshot; None: not known.
+    alerts: alerting.ChartAlertMemory | None = None
 
 
 class LatestSnapshots:
@@ -306,9 +308,8 @@ def write_snapshot(
     )
     alerts = AlertsWritten()
     if latest is None or snapshot.fetched_at > latest.fetched_at:
-        latest = Latest(snapshot_id, snapshot.fetched_at, digest, ranked)
         # Only the chart's newest snapshot is news: a late, older fetch alerts nobody.
-        alerts = alerting.evaluate_snapshot(
+        alerts, memory = alerting.evaluate_snapshot(
             connection,
             dialect,
             alert_policy,
@@ -324,7 +325,9 @@ def write_snapshot(
             ),
             tracked,
             now=now,
+            known=known_latest.alerts if known_latest is not None else None,
         )
+        latest = Latest(snapshot_id, snapshot.fetched_at, digest, ranked, memory)
     result = SnapshotWrite(
         stored=True,
         snapshot_id=snapshot_id,

@@ -233,3 +233,50 @@ def test_without_rules_nothing_about_alerts_is_read_or_written(database: Databas
     assert row_counts(database, ALERT_TABLES) == dict.fromkeys(
         (table.name for table in ALERT_TABLES), 0
     )
+
+
+def test_replicas_taking_turns_on_a_chart_continue_each_others_episodes(
+    database: Database,
+) -> None:
+    """Each process keeps the alert state it wrote; one that another process wrote after
+    it must be read back, or it would alert on a stale baseline."""
+    first = alerting(database)
+    second = Poller(Repository(database, alerts=POLICY, clock=lambda: T0 + 10 * HOUR), database)
+
+    writes = [
+        first.store(US_FREE, T0, chart_with({DEEPSEEK: 31, CHATGPT: 1})),
+        first.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 12, CHATGPT: 1})),
+        second.store(US_FREE, T0 + 2 * HOUR, chart_with({DEEPSEEK: 4, CHATGPT: 1})),
+        first.store(US_FREE, T0 + 3 * HOUR, chart_with({DEEPSEEK: 1, CHATGPT: 2})),
+        second.store(US_FREE, T0 + 4 * HOUR, chart_with({DEEPSEEK: 12, CHATGPT: 1})),
+    ]
+
+    assert [[event.summary for event in write.alerts.events] for write in writes] == [
+        [],
+        ["DeepSeek up 19 to #12 in US Top Free iPhone (was #31)"],
+        ["DeepSeek in the top 10 of US Top Free iPhone at #4 (was #12)"],
+        [
+            "ChatGPT no longer #1 in US Top Free iPhone (now #2)",
+            "DeepSeek #1 in US Top Free iPhone (was #4)",
+            "DeepSeek passed ChatGPT in US Top Free iPhone: #1 vs #2",
+        ],
+        [
+            "DeepSeek out of the top 10 of US Top Free iPhone (now #12)",
+            "ChatGPT #1 in US Top Free iPhone (was #2)",
+            "DeepSeek no longer #1 in US Top Free iPhone (now #12)",
+            "ChatGPT passed DeepSeek in US Top Free iPhone: #1 vs #12",
+        ],
+    ]
+
+
+def test_a_glitch_held_by_one_replica_is_decided_by_the_next_one(database: Database) -> None:
+    first = alerting(database)
+    second = Poller(Repository(database, alerts=POLICY, clock=lambda: T0 + 10 * HOUR), database)
+    first.store(US_FREE, T0, chart_with({DEEPSEEK: 31, CHATGPT: 1}))
+    held = first.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 1, CHATGPT: 50}, tag="x"))
+
+    reverted = second.store(US_FREE, T0 + 2 * HOUR, chart_with({DEEPSEEK: 30, CHATGPT: 1}))
+
+    assert held.alerts.held is not None
+    assert (reverted.alerts.held, reverted.alerts.events) == (None, ())
+    assert rows(database, alert_holds) == []
