@@ -1,7 +1,8 @@
 """Alert evaluation inside a snapshot's transaction: state in, events and outbox rows out.
 
-Run for a new snapshot that is the chart's latest. It reads the chart's alert episodes (and a
-glitch hold), evaluates the rules (monitor.alerts.evaluation, pure), and writes the episodes,
+Run for a new snapshot that is the chart's latest. It reads the chart's alert episodes and
+glitch hold (unless this process wrote them last and kept them: ChartAlertMemory), evaluates
+the rules (monitor.alerts.evaluation, pure), and writes the episodes,
 the events and their notifications in the same transaction as the snapshot: a snapshot is
 stored with exactly its alerts, or not at all. Snapshots that arrive late, failed polls and
 unchanged ones evaluate nothing. An event that a silence holds back (one of the settings, or
