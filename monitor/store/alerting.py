@@ -19,7 +19,7 @@ import dataclasses
 import datetime as dt
 import hashlib
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, true
@@ -34,12 +34,12 @@ from monitor.alerts.evaluation import (
 )
 from monitor.alerts.glitch import glitch_reason
 from monitor.alerts.model import AlertEvent, AppRef, RuleKind
-from monitor.alerts.policy import AlertPolicy, Delivery
+from monitor.alerts.policy import AlertPolicy
 from monitor.model import ChartKey, Store
 from monitor.store import packing, silences
 from monitor.store.queries import latest_of_chart
 from monitor.store.results import AlertsWritten
-from monitor.store.sql import insert_ignoring_conflicts
+from monitor.store.sql import insert_ignoring_conflicts, per_dialect
 from monitor.store.tables import (
     alert_episodes,
     alert_events,
@@ -346,23 +346,43 @@ def _write_events(
     app_ids: Mapping[AppRef, int],
     now: dt.datetime,
 ) -> tuple[AlertEvent, ...]:
-    """Store the events and, for each that no silence holds back, its notifications; an
-    event stored before (the same poll written twice) is skipped."""
-    # Read only when there is something to silence: most snapshots bring no event.
-    added = silences.stored(connection, active_at=now) if events else []
-    written = []
-    for event in events:
-        silenced_by = _silenced_by(event, policy, added)
-        event_id = connection.execute(
-            insert_ignoring_conflicts(alert_events, dialect).returning(alert_events.c.id),
-            _event_row(event, new, app_ids, silenced_by),
-        ).scalar()
-        if event_id is None:
-            continue
-        written.append(event)
-        if silenced_by is None:
-            _queue(connection, event_id, policy.deliveries(event, now=now), now=now)
-    return tuple(written)
+    """Store the events and, for each that no silence holds back, its notifications, in one
+    statement each; an event stored before (the same poll written twice) is skipped."""
+    if not events:
+        return ()  # most snapshots: nothing to silence, nothing to read
+    added = silences.stored(connection, active_at=now)
+    silenced = {event.dedupe_key: _silenced_by(event, policy, added) for event in events}
+    stored = connection.execute(
+        _INSERT_EVENTS[dialect],
+        [_event_row(event, new, app_ids, silenced[event.dedupe_key]) for event in events],
+    ).all()
+    ids = {row.dedupe_key: row.id for row in stored}
+    written = tuple(event for event in events if event.dedupe_key in ids)
+    queued = [
+        {
+            "event_id": ids[event.dedupe_key],
+            "channel": delivery.channel.value,
+            "recipient": delivery.recipient,
+            "state": "pending",
+            "created_at": now,
+            "not_before": delivery.not_before,
+        }
+        for event in written
+        if silenced[event.dedupe_key] is None
+        for delivery in policy.deliveries(event, now=now)
+    ]
+    if queued:
+        connection.execute(notifications.insert(), queued)
+    return written
+
+
+# Run as an executemany: SQLAlchemy sends the rows as one multi-row INSERT and returns the
+# ids of those that were new.
+_INSERT_EVENTS = per_dialect(
+    lambda dialect: insert_ignoring_conflicts(alert_events, dialect).returning(
+        alert_events.c.id, alert_events.c.dedupe_key
+    )
+)
 
 
 def _silenced_by(
@@ -397,21 +417,3 @@ def _event_row(
         "silenced_by": silenced_by,
         "dedupe_key": event.dedupe_key,
     }
-
-
-def _queue(
-    connection: Connection, event_id: int, deliveries: Iterable[Delivery], *, now: dt.datetime
-) -> None:
-    rows = [
-        {
-            "event_id": event_id,
-            "channel": delivery.channel.value,
-            "recipient": delivery.recipient,
-            "state": "pending",
-            "created_at": now,
-            "not_before": delivery.not_before,
-        }
-        for delivery in deliveries
-    ]
-    if rows:
-        connection.execute(notifications.insert(), rows)
