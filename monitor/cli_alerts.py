@@ -34,10 +34,10 @@ from monitor.cli_support import (
 from monitor.config import Settings
 from monitor.config_types import is_mail_address, redact_url_password
 from monitor.errors import DeliveryError
-from monitor.model import Store
+from monitor.model import Store, watchlist_names
 from monitor.output import OutputFormat, render
 from monitor.store.alert_queries import AlertRecord, DeliveryState
-from monitor.wiring import utc_now, watchlist_names
+from monitor.wiring import utc_now
 
 TEST_APP = AppRef(Store.APPLE, "0", "app-rank-monitor test")
 
@@ -60,7 +60,7 @@ def list_alerts(
 ) -> None:
     """Recent alert events, newest first: what fired or resolved, and where it was sent."""
     settings = settings_of(ctx)
-    names = watchlist_names(settings)
+    names = watchlist_names(settings.watched_apps())
     of_apps = None if app_ref is None else watchlist_apps(app_ref, names, param_hint="--app")
     with reading(settings) as repository:
         records = repository.recent_alerts(

@@ -23,9 +23,10 @@ from monitor.cli_support import (
     writing,
 )
 from monitor.config import Settings, parse_duration
+from monitor.model import watchlist_names
 from monitor.output import OutputFormat, render
 from monitor.store.repository import StoredSilence
-from monitor.wiring import utc_now, watchlist_names
+from monitor.wiring import utc_now
 
 
 @click.group()
@@ -113,7 +114,7 @@ def _end(until_text: str | None, duration_text: str | None, now: dt.datetime) ->
 def _app_names(settings: Settings, refs: Sequence[str]) -> set[str]:
     """What each --app is matched on: the store id if that was given, else the watchlist
     name, spelled as the watchlist spells it (silences compare names exactly)."""
-    names = watchlist_names(settings)
+    names = watchlist_names(settings.watched_apps())
     matched: set[str] = set()
     for ref in refs:
         apps = watchlist_apps(ref, names, param_hint="--app")

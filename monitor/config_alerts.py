@@ -19,7 +19,7 @@ from monitor.alerts.model import RuleKind, Severity
 from monitor.alerts.policy import AlertPolicy, QuietHours, Silence
 from monitor.alerts.rules import Rule
 from monitor.config_types import Duration, MailAddress, NonEmptyStr
-from monitor.model import Collection, Device, WatchedApp
+from monitor.model import Collection, Device, WatchedApp, watchlist_names
 
 _QUIET_HOURS = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})\s+(\S+)$")
 
@@ -166,7 +166,7 @@ class AlertsSettings(_Model):
         """The policy for the watchlist `apps` (their names and own recipients)."""
         return AlertPolicy(
             rules=tuple(rule for s in self.rules for rule in s.rules()) if self.enabled else (),
-            app_names={(app.store, app.store_id): app.name for app in apps},
+            app_names=watchlist_names(apps),
             recipients=tuple(self.recipients),
             app_recipients={
                 (app.store, app.store_id): app.recipients for app in apps if app.recipients

@@ -11,6 +11,7 @@ import datetime as dt
 import enum
 import itertools
 import re
+from collections.abc import Iterable
 from decimal import Decimal
 
 ALL_GENRES = "all"
@@ -158,6 +159,12 @@ class WatchedApp:
     bundle_id: str | None = None
     # Who gets this app's alerts, besides [alerts] recipients.
     recipients: tuple[str, ...] = ()
+
+
+def watchlist_names(apps: Iterable[WatchedApp]) -> dict[tuple[Store, str], str]:
+    """(store, store id) -> the name the watchlist gives the app: how alerts, metrics and the
+    status page name it."""
+    return {(app.store, app.store_id): app.name for app in apps}
 
 
 class RankStatus(enum.StrEnum):

@@ -18,7 +18,7 @@ from monitor.alerts.policy import Channel
 from monitor.alerts.sender import OutboxSender
 from monitor.config import Settings
 from monitor.metrics import ServiceMetrics
-from monitor.model import Store
+from monitor.model import watchlist_names
 from monitor.polling import Poller, PollSettings
 from monitor.rounds import PollRounds
 from monitor.sources.catalog import FeedEndpoints
@@ -55,11 +55,6 @@ def http_settings(settings: Settings) -> HttpSettings:
         max_host_wait=fetch.max_host_wait_seconds,
         requests_per_minute=fetch.requests_per_minute,
     )
-
-
-def watchlist_names(settings: Settings) -> dict[tuple[Store, str], str]:
-    """The name the watchlist gives each app: how metrics and the status page label it."""
-    return {(app.store, app.store_id): app.name for app in settings.watched_apps()}
 
 
 def service_repository(settings: Settings, database: Database) -> Repository:
@@ -105,7 +100,7 @@ def service_metrics(settings: Settings, repository: Repository) -> ServiceMetric
     return ServiceMetrics(
         poll_interval=settings.poll.interval,
         read_state=lambda now: repository.service_state(now=now),
-        app_labels=watchlist_names(settings),
+        app_labels=watchlist_names(settings.watched_apps()),
         clock=utc_now,
     )
 

@@ -21,6 +21,7 @@ from monitor.alerts.sender import OutboxSender
 from monitor.config import Settings
 from monitor.errors import MonitorError
 from monitor.metrics import ServiceMetrics
+from monitor.model import watchlist_names
 from monitor.progress import Progress
 from monitor.rounds import PollRounds
 from monitor.single_flight import SingleFlight
@@ -35,7 +36,6 @@ from monitor.wiring import (
     service_metrics,
     service_repository,
     utc_now,
-    watchlist_names,
 )
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ async def _serve(
                     StatusPage(
                         repository,
                         metrics,
-                        app_names=watchlist_names(settings),
+                        app_names=watchlist_names(settings.watched_apps()),
                         clock=utc_now,
                         grafana_url=settings.http.grafana_url,
                     ).render

@@ -7,8 +7,6 @@ outage in the middle of the climb add none.
 
 from __future__ import annotations
 
-import signal
-import subprocess
 import sys
 import textwrap
 from collections.abc import Callable, Iterator
@@ -19,7 +17,7 @@ import pytest
 
 from tests.support.fake_apple import DEEPSEEK, FakeAppleCharts
 from tests.support.http_server import Request, Response, ScriptedServer
-from tests.support.processes import environment, free_port, wait_for
+from tests.support.processes import environment, free_port, running, wait_for
 from tests.support.smtp_server import SmtpServer
 
 pytestmark = pytest.mark.slow
@@ -139,34 +137,21 @@ def run_until(
 ) -> str:
     """Run the service until `emails` arrived and the US top free chart had `polls` more
     polls with nothing more to say; returns its output."""
-    service = subprocess.Popen(
-        [sys.executable, "-m", "monitor", "--config", str(config), "run"],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=environment(),
-    )
-    try:
+    command = [sys.executable, "-m", "monitor", "--config", str(config), "run"]
+    with running(command, env=environment()) as service:
+        process = service.process
         wait_for(
-            lambda: service.poll() is not None or len(smtp.messages) >= emails,
+            lambda: process.poll() is not None or len(smtp.messages) >= emails,
             f"{emails} alert emails",
             60,
         )
-        assert service.poll() is None, "the service stopped"
+        assert process.poll() is None, "the service stopped"
         settled = len(apple.requests_to(US_TOP_FREE_V2)) + polls
         wait_for(lambda: len(apple.requests_to(US_TOP_FREE_V2)) >= settled, "quiet polls", 30)
         # The sender runs every tick: give a late email the chance to show up.
         wait_for(lambda: sent_count(port) >= emails, "the outbox to record its sends", 10)
-    finally:
-        service.send_signal(signal.SIGTERM)
-        try:
-            output, _ = service.communicate(timeout=20)
-        except subprocess.TimeoutExpired:
-            service.kill()
-            output, _ = service.communicate()
-        print(output)  # shown by pytest when the test fails
-    assert service.returncode == 0, output
-    return output
+    assert process.returncode == 0, service.output
+    return service.output
 
 
 def sent_count(port: int) -> float:

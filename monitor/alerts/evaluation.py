@@ -15,6 +15,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from monitor.alerts import summaries
 from monitor.alerts.model import AlertEvent, AppRef, EventState, RuleKind, chart_title
 from monitor.alerts.rules import Rule
+from monitor.config_types import format_duration
 from monitor.model import ChartKey
 
 Ranks = Mapping[AppRef, int | None]
@@ -84,6 +85,25 @@ class _Check:
     facts: Mapping[str, str]
     # Holds at the chart's first poll, for a rule whose resolved notice is news on its own.
     known_at_start: bool = False
+
+
+def breadth_may_change(
+    rules: Sequence[Rule],
+    chart: ChartKey,
+    ranks: Ranks,
+    previous: Ranks | None,
+) -> bool:
+    """Whether a breadth rule needs the other countries' charts for a poll of `chart` (the
+    `countries` of its ChartUpdate): an app entered or left the rule's top here (the only way
+    its country count moves), or the rule waits for confirmation, which counts every poll."""
+    breadth = [rule for rule in rules if rule.kind is RuleKind.BREADTH and rule.covers(chart)]
+    if any(rule.confirm_snapshots > 1 or rule.confirm_for for rule in breadth):
+        return True
+    return previous is not None and any(
+        in_top(rank, rule.top) != in_top(previous.get(app), rule.top)
+        for rule in breadth
+        for app, rank in ranks.items()
+    )
 
 
 def breadth_target(chart: ChartKey) -> str:
@@ -188,7 +208,7 @@ def _chart_check(
         return None
     facts: dict[str, str] = {}
     if rule.kind is RuleKind.MOVED and rule.window is not None:
-        facts["window"] = summaries.duration(rule.window)
+        facts["window"] = format_duration(rule.window)
     if rule.top is not None:
         facts["top"] = str(rule.top)
     return _Check(
@@ -219,13 +239,13 @@ def _moved_enough(rule: Rule, now: int | None, before: int | None) -> bool:
 def _inside(rule: Rule, rank: int | None) -> bool:
     """Where an ENTERED_TOP, LEFT_TOP or DROPPED_OUT condition holds, given the way in."""
     if rule.kind is RuleKind.ENTERED_TOP:
-        return _in_top(rank, rule.top)
+        return in_top(rank, rule.top)
     if rule.kind is RuleKind.LEFT_TOP:
-        return not _in_top(rank, rule.top)
+        return not in_top(rank, rule.top)
     return rank is None
 
 
-def _in_top(rank: int | None, top: int | None) -> bool:
+def in_top(rank: int | None, top: int | None) -> bool:
     return rank is not None and top is not None and rank <= top
 
 
@@ -256,7 +276,7 @@ def _rival_checks(
         known_before = update.previous is not None and rival_before is not None
         active = key in episodes
         holds = _entered(
-            _ahead(now, rival_now) and (rule.top is None or _in_top(now, rule.top)),
+            _ahead(now, rival_now) and (rule.top is None or in_top(now, rule.top)),
             _ahead(before, rival_before) if known_before else None,
             active=active,
         )
@@ -289,22 +309,22 @@ def _breadth_check(
         for country, rank in ranks_by_country.get(app, {}).items()
         if not rule.countries or country in rule.countries
     }
-    in_top = sorted(country for country, rank in countries.items() if _in_top(rank, rule.top))
+    leading = sorted(country for country, rank in countries.items() if in_top(rank, rule.top))
     needed = rule.countries_needed or 0
     count_before: int | None = None
     if update.previous is not None:
         before = {**countries, update.chart.country: update.previous.get(app)}
-        count_before = sum(_in_top(rank, rule.top) for rank in before.values())
+        count_before = sum(in_top(rank, rule.top) for rank in before.values())
     holds = _entered(
-        len(in_top) >= needed,
+        len(leading) >= needed,
         None if count_before is None else count_before >= needed,
         active=key in episodes,
     )
     facts = {
         "top": str(rule.top),
         "countries_needed": str(needed),
-        "countries": ", ".join(country.upper() for country in in_top),
-        "country_count": str(len(in_top)),
+        "countries": ", ".join(country.upper() for country in leading),
+        "country_count": str(len(leading)),
         "watched_countries": str(len(countries)),
     }
     return _Check(key, rule, app, None, scope, holds, None, None, facts)

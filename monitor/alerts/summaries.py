@@ -6,15 +6,9 @@ where, and the rank before it.
 
 from __future__ import annotations
 
-import datetime as dt
 from collections.abc import Mapping
 
 from monitor.alerts.model import AppRef, EventState, RuleKind
-from monitor.config_types import format_duration
-
-
-def duration(value: dt.timedelta) -> str:
-    return format_duration(value)
 
 
 def rank_text(rank: int | None, depth: int | None) -> str:

@@ -29,11 +29,12 @@ from monitor.alerts.evaluation import (
     ChartUpdate,
     Episode,
     EpisodeKey,
+    breadth_may_change,
     breadth_target,
     evaluate,
 )
 from monitor.alerts.glitch import glitch_reason
-from monitor.alerts.model import AlertEvent, AppRef, RuleKind
+from monitor.alerts.model import AlertEvent, AppRef
 from monitor.alerts.policy import AlertPolicy
 from monitor.model import ChartKey, Store
 from monitor.store import packing, silences
@@ -105,7 +106,7 @@ def evaluate_snapshot(
     }
     ranks = _ranks(new.ranked, apps)
     previous = None if baseline is None else _ranks(baseline, apps)
-    breadth = _breadth_changed(policy, new.chart, ranks, previous)
+    breadth = breadth_may_change(policy.rules, new.chart, ranks, previous)
     if breadth and dialect == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(_lock_key(breadth_target(new.chart)))))
     update = ChartUpdate(
@@ -193,29 +194,6 @@ def _baseline(
     # baseline is what alerts are about.
     connection.execute(delete(alert_holds).where(alert_holds.c.chart_id == new.chart_id))
     return baseline, None
-
-
-def _breadth_changed(
-    policy: AlertPolicy,
-    chart: ChartKey,
-    ranks: Mapping[AppRef, int | None],
-    previous: Mapping[AppRef, int | None] | None,
-) -> bool:
-    """Whether a breadth rule needs the other countries' charts for this snapshot: an app
-    entered or left its top here (the only way its country count moves), or the rule waits
-    for confirmation, which counts every snapshot."""
-
-    def in_top(rank: int | None, top: int | None) -> bool:
-        return rank is not None and top is not None and rank <= top
-
-    rules = [rule for rule in policy.rules if rule.kind is RuleKind.BREADTH and rule.covers(chart)]
-    if any(rule.confirm_snapshots > 1 or rule.confirm_for for rule in rules):
-        return True
-    return previous is not None and any(
-        in_top(rank, rule.top) != in_top(previous.get(app), rule.top)
-        for rule in rules
-        for app, rank in ranks.items()
-    )
 
 
 def _ranking(connection: Connection, snapshot_id: int) -> bytes:

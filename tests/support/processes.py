@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import os
+import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -42,3 +46,31 @@ def wait_for(condition: Callable[[], bool], what: str, timeout: float = 30) -> N
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out waiting for {what}")
+
+
+@dataclasses.dataclass
+class Running:
+    """A process started by `running`; `output` is its stdout and stderr once it ended."""
+
+    process: subprocess.Popen[str]
+    output: str = ""
+
+
+@contextlib.contextmanager
+def running(command: list[str], **kwargs: Any) -> Iterator[Running]:
+    """`command` in the background, stopped with SIGTERM on exit (killed after 20 s). Its
+    output is printed too, which pytest shows when the test fails."""
+    process = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kwargs
+    )
+    started = Running(process)
+    try:
+        yield started
+    finally:
+        process.send_signal(signal.SIGTERM)
+        try:
+            started.output, _ = process.communicate(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            started.output, _ = process.communicate()
+        print(started.output)
