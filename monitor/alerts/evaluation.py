@@ -160,10 +160,31 @@ def evaluate(
     return Evaluation(tuple(events), changed)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Poll:
+    """One evaluation's inputs, indexed once: most rule-target pairs neither hold nor have an
+    episode, and are skipped on plain comparisons of ranks and strings."""
+
+    update: ChartUpdate
+    slug: str
+    title: str
+    # (rule, app's store id, target) of every episode in progress.
+    active: frozenset[tuple[str, str, str]]
+
+    def is_active(self, rule: Rule, app: AppRef, target: str) -> bool:
+        return (rule.name, app.store_id, target) in self.active
+
+
 def _checks(
     update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode], rules: Sequence[Rule]
 ) -> Iterator[_Check]:
     chart = update.chart
+    poll = _Poll(
+        update,
+        chart.slug,
+        chart_title(chart),
+        frozenset((key.rule, key.app.store_id, key.target) for key in episodes),
+    )
     apps = sorted(update.ranks)
     for rule in rules:
         if not rule.covers(chart):
@@ -172,20 +193,18 @@ def _checks(
             if not rule.watches(app):
                 continue
             if rule.kind is RuleKind.RIVAL_PASSED:
-                yield from _rival_checks(rule, app, apps, update, episodes)
+                yield from _rival_checks(rule, app, apps, poll)
             elif rule.kind is RuleKind.BREADTH:
                 if update.countries is not None:
-                    yield _breadth_check(rule, app, update.countries, update, episodes)
-            elif (check := _chart_check(rule, app, update, episodes)) is not None:
+                    yield _breadth_check(rule, app, update.countries, poll)
+            elif (check := _chart_check(rule, app, poll)) is not None:
                 yield check
 
 
-def _chart_check(
-    rule: Rule, app: AppRef, update: ChartUpdate, episodes: Mapping[EpisodeKey, Episode]
-) -> _Check | None:
+def _chart_check(rule: Rule, app: AppRef, poll: _Poll) -> _Check | None:
     """The rule on the app on this chart; None when it neither holds nor ends anything."""
-    key = EpisodeKey(rule.name, app, update.chart.slug)
-    active = key in episodes
+    update = poll.update
+    active = poll.is_active(rule, app, poll.slug)
     now = update.ranks[app]
     before = update.previous.get(app) if update.previous is not None else None
     if rule.kind is RuleKind.MOVED:
@@ -212,11 +231,11 @@ def _chart_check(
     if rule.top is not None:
         facts["top"] = str(rule.top)
     return _Check(
-        key,
+        EpisodeKey(rule.name, app, poll.slug),
         rule,
         app,
         update.chart,
-        chart_title(update.chart),
+        poll.title,
         holds or known_at_start,
         now,
         before,
@@ -255,28 +274,27 @@ def _entered(inside_now: bool, inside_before: bool | None, *, active: bool) -> b
     return inside_now and (active or inside_before is False)
 
 
-def _rival_checks(
-    rule: Rule,
-    app: AppRef,
-    apps: Sequence[AppRef],
-    update: ChartUpdate,
-    episodes: Mapping[EpisodeKey, Episode],
-) -> Iterator[_Check]:
+def _rival_checks(rule: Rule, app: AppRef, apps: Sequence[AppRef], poll: _Poll) -> Iterator[_Check]:
     """Only the pairs where something holds or ends: of n apps' n(n-1) pairs, nearly none."""
+    update = poll.update
     now = update.ranks[app]
     before = update.previous.get(app) if update.previous is not None else None
+    # Ahead of no rival can hold unless the app is listed, and in the top if the rule has one.
+    may_hold = now is not None and (rule.top is None or in_top(now, rule.top))
     for rival in apps:
         if rival == app or not rule.is_rival(rival):
             continue
-        key = EpisodeKey(rule.name, app, f"{update.chart.slug}>{rival.store_id}")
+        target = f"{poll.slug}>{rival.store_id}"
+        active = poll.is_active(rule, app, target)
+        if not (may_hold or active):
+            continue
         rival_now = update.ranks[rival]
         rival_before = update.previous.get(rival) if update.previous is not None else None
         # Behind a rival that was not listed is not known: it may have just entered the
         # chart below the app, which is no pass.
         known_before = update.previous is not None and rival_before is not None
-        active = key in episodes
         holds = _entered(
-            _ahead(now, rival_now) and (rule.top is None or in_top(now, rule.top)),
+            may_hold and _ahead(now, rival_now),
             _ahead(before, rival_before) if known_before else None,
             active=active,
         )
@@ -286,7 +304,15 @@ def _rival_checks(
         if rival_before is not None:
             facts["rival_previous_rank"] = str(rival_before)
         yield _Check(
-            key, rule, app, update.chart, chart_title(update.chart), holds, now, before, facts
+            EpisodeKey(rule.name, app, target),
+            rule,
+            app,
+            update.chart,
+            poll.title,
+            holds,
+            now,
+            before,
+            facts,
         )
 
 
@@ -299,9 +325,9 @@ def _breadth_check(
     rule: Rule,
     app: AppRef,
     ranks_by_country: Mapping[AppRef, Mapping[str, int | None]],
-    update: ChartUpdate,
-    episodes: Mapping[EpisodeKey, Episode],
+    poll: _Poll,
 ) -> _Check:
+    update = poll.update
     scope = breadth_scope(update.chart)
     key = EpisodeKey(rule.name, app, breadth_target(update.chart))
     countries = {
@@ -318,7 +344,7 @@ def _breadth_check(
     holds = _entered(
         len(leading) >= needed,
         None if count_before is None else count_before >= needed,
-        active=key in episodes,
+        active=poll.is_active(rule, app, key.target),
     )
     facts = {
         "top": str(rule.top),

@@ -22,7 +22,7 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, and_, delete, func, or_, select, true
+from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, true
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.alerts.evaluation import (
@@ -40,11 +40,12 @@ from monitor.model import ChartKey, Store
 from monitor.store import packing, silences
 from monitor.store.queries import latest_of_chart
 from monitor.store.results import AlertsWritten
-from monitor.store.sql import insert_ignoring_conflicts, per_dialect
+from monitor.store.sql import among, insert_ignoring_conflicts, json_rows, per_dialect
 from monitor.store.tables import (
     alert_episodes,
     alert_events,
     alert_holds,
+    app_ranks,
     charts,
     notifications,
     poll_tasks,
@@ -120,7 +121,7 @@ def evaluate_snapshot(
             for window in {rule.window for rule in policy.rules if rule.window is not None}
             if (ranked := _ranking_at(connection, new.chart_id, new.at - window)) is not None
         },
-        countries=_countries(connection, new, apps) if breadth else None,
+        countries=_countries(connection, dialect, new, apps) if breadth else None,
     )
     target = breadth_target(new.chart)
     if known is None:
@@ -146,12 +147,13 @@ def _app_ref(policy: AlertPolicy, store: Store, store_id: str) -> AppRef:
 
 
 def _read_hold(connection: Connection, chart_id: int) -> Hold | None:
-    row = connection.execute(
-        select(alert_holds.c.baseline_snapshot_id, alert_holds.c.held_snapshot_id).where(
-            alert_holds.c.chart_id == chart_id
-        )
-    ).first()
+    row = connection.execute(_HOLD, {"chart_id": chart_id}).first()
     return None if row is None else Hold(row.baseline_snapshot_id, row.held_snapshot_id)
+
+
+_HOLD = select(alert_holds.c.baseline_snapshot_id, alert_holds.c.held_snapshot_id).where(
+    alert_holds.c.chart_id == bindparam("chart_id")
+)
 
 
 def _baseline(
@@ -197,21 +199,28 @@ def _baseline(
 
 
 def _ranking(connection: Connection, snapshot_id: int) -> bytes:
-    ranked: bytes = connection.execute(
-        select(snapshots.c.ranked_app_ids).where(snapshots.c.id == snapshot_id)
-    ).scalar_one()
+    ranked: bytes = connection.execute(_RANKING, {"snapshot_id": snapshot_id}).scalar_one()
     return ranked
 
 
 def _ranking_at(connection: Connection, chart_id: int, at: dt.datetime) -> bytes | None:
     """The chart's ranking as of `at`: its latest snapshot fetched then or before."""
     ranked: bytes | None = connection.execute(
-        select(snapshots.c.ranked_app_ids)
-        .where(snapshots.c.chart_id == chart_id, snapshots.c.fetched_at <= at)
-        .order_by(snapshots.c.fetched_at.desc())
-        .limit(1)
+        _RANKING_AT, {"chart_id": chart_id, "at": at}
     ).scalar()
     return ranked
+
+
+_RANKING = select(snapshots.c.ranked_app_ids).where(snapshots.c.id == bindparam("snapshot_id"))
+_RANKING_AT = (
+    select(snapshots.c.ranked_app_ids)
+    .where(
+        snapshots.c.chart_id == bindparam("chart_id"),
+        snapshots.c.fetched_at <= bindparam("at", type_=snapshots.c.fetched_at.type),
+    )
+    .order_by(snapshots.c.fetched_at.desc())
+    .limit(1)
+)
 
 
 def _ranks(ranked: bytes, apps: Mapping[int, AppRef]) -> dict[AppRef, int | None]:
@@ -225,27 +234,64 @@ def _lock_key(scope: str) -> int:
 
 
 def _countries(
-    connection: Connection, new: NewSnapshot, apps: Mapping[int, AppRef]
+    connection: Connection, dialect: str, new: NewSnapshot, apps: Mapping[int, AppRef]
 ) -> dict[AppRef, dict[str, int | None]]:
     """Each tracked app's rank in the latest snapshot of every enabled chart of the new
-    snapshot's kind, the new snapshot standing for its own chart."""
-    latest = latest_of_chart(snapshots.c.ranked_app_ids, charts.c.id)
-    rows = connection.execute(
-        select(charts.c.country, latest)
+    snapshot's kind, the new snapshot standing for its own chart. The ranks come from the
+    derived ranks, which hold every tracked app's (derived.py): a few small rows per chart."""
+    found = connection.execute(
+        _KIND_RANKS[dialect],
+        {
+            "store": new.chart.store.value,
+            "collection": new.chart.collection.value,
+            "device": new.chart.device.value,
+            "genre": new.chart.genre,
+            "chart_id": new.chart_id,
+            "app_ids": list(apps),
+        },
+    ).scalar_one()
+    by_country: dict[str, dict[AppRef, int | None]] = {}
+    for country, app_id, rank in json.loads(found or "[]"):
+        ranks = by_country.setdefault(country, dict.fromkeys(apps.values()))
+        if app_id is not None:
+            ranks[apps[app_id]] = rank
+    by_country[new.chart.country] = _ranks(new.ranked, apps)
+    return {ref: {c: ranks[ref] for c, ranks in by_country.items()} for ref in apps.values()}
+
+
+def _kind_ranks(dialect: str) -> Select[Any]:
+    """The rows (country, tracked app id, rank) of the latest snapshots of a kind of chart,
+    but one: (country, NULL, NULL) for a chart listing none of the apps."""
+    kind = (
+        select(
+            charts.c.id,
+            charts.c.country,
+            latest_of_chart(snapshots.c.id, charts.c.id).label("snapshot_id"),
+        )
         .join(poll_tasks, poll_tasks.c.chart_id == charts.c.id)
         .where(
             poll_tasks.c.enabled == true(),
-            charts.c.store == new.chart.store.value,
-            charts.c.collection == new.chart.collection.value,
-            charts.c.device == new.chart.device.value,
-            charts.c.genre == new.chart.genre,
-            charts.c.id != new.chart_id,
+            charts.c.store == bindparam("store"),
+            charts.c.collection == bindparam("collection"),
+            charts.c.device == bindparam("device"),
+            charts.c.genre == bindparam("genre"),
+            charts.c.id != bindparam("chart_id"),
         )
-    ).all()
-    rankings = {country: ranked for country, ranked in rows if ranked is not None}
-    rankings[new.chart.country] = new.ranked
-    by_country = {country: _ranks(ranked, apps) for country, ranked in rankings.items()}
-    return {ref: {c: ranks[ref] for c, ranks in by_country.items()} for ref in apps.values()}
+        .subquery("kind")
+    )
+    listed = and_(
+        app_ranks.c.chart_id == kind.c.id,
+        app_ranks.c.snapshot_id == kind.c.snapshot_id,
+        among(app_ranks.c.app_id, "app_ids", dialect),
+    )
+    return (
+        select(json_rows(dialect, kind.c.country, app_ranks.c.app_id, app_ranks.c.rank))
+        .select_from(kind.outerjoin(app_ranks, listed))
+        .where(kind.c.snapshot_id.is_not(None))
+    )
+
+
+_KIND_RANKS = per_dialect(_kind_ranks)
 
 
 def _episodes(
@@ -257,12 +303,10 @@ def _episodes(
     chart: bool = True,
 ) -> dict[EpisodeKey, Episode]:
     """The chart's own episodes (`chart`) and the breadth ones of its kind (`breadth`)."""
-    shared = and_(
-        alert_episodes.c.chart_id.is_(None), alert_episodes.c.target == breadth_target(new.chart)
-    )
-    own = alert_episodes.c.chart_id == new.chart_id
-    where = or_(own, shared) if chart and breadth else own if chart else shared
-    rows = connection.execute(select(alert_episodes).where(where)).all()
+    rows = connection.execute(
+        _EPISODES[chart, breadth],
+        {"chart_id": new.chart_id, "shared": breadth_target(new.chart)},
+    ).all()
     return {
         EpisodeKey(row.rule, apps[row.app_id], row.target): Episode(
             since=row.since, polls=row.polls, firing=row.firing, notified_at=row.notified_at
@@ -272,6 +316,22 @@ def _episodes(
     }
 
 
+def _episodes_of(*, chart: bool, breadth: bool) -> Select[Any]:
+    own = alert_episodes.c.chart_id == bindparam("chart_id")
+    shared = and_(
+        alert_episodes.c.chart_id.is_(None), alert_episodes.c.target == bindparam("shared")
+    )
+    return select(alert_episodes).where(
+        or_(own, shared) if chart and breadth else own if chart else shared
+    )
+
+
+_EPISODES = {
+    (chart, breadth): _episodes_of(chart=chart, breadth=breadth)
+    for chart, breadth in ((True, True), (True, False), (False, True))
+}
+
+
 def _write_episodes(
     connection: Connection,
     dialect: str,
@@ -279,39 +339,48 @@ def _write_episodes(
     changed: Mapping[EpisodeKey, Episode | None],
     app_ids: Mapping[AppRef, int],
 ) -> None:
-    def where(key: EpisodeKey) -> Any:
-        return and_(
-            alert_episodes.c.rule == key.rule,
-            alert_episodes.c.app_id == app_ids[key.app],
-            alert_episodes.c.target == key.target,
-        )
-
-    ended = [key for key, episode in changed.items() if episode is None]
+    ended = [
+        {"rule": key.rule, "app_id": app_ids[key.app], "target": key.target}
+        for key, episode in changed.items()
+        if episode is None
+    ]
     if ended:
-        connection.execute(delete(alert_episodes).where(or_(*(where(key) for key in ended))))
+        connection.execute(_DELETE_EPISODE, ended)
+    shared = breadth_target(new.chart)
     rows = [
         {
             "rule": key.rule,
             "app_id": app_ids[key.app],
             "target": key.target,
-            "chart_id": None if key.target == breadth_target(new.chart) else new.chart_id,
-            **dataclasses.asdict(episode),
+            "chart_id": None if key.target == shared else new.chart_id,
+            "since": episode.since,
+            "polls": episode.polls,
+            "firing": episode.firing,
+            "notified_at": episode.notified_at,
         }
         for key, episode in changed.items()
         if episode is not None
     ]
     if rows:
-        insert = (postgresql if dialect == "postgresql" else sqlite).insert(alert_episodes)
-        connection.execute(
-            insert.on_conflict_do_update(
-                index_elements=["rule", "app_id", "target"],
-                set_={
-                    name: insert.excluded[name]
-                    for name in ("since", "polls", "firing", "notified_at")
-                },
-            ),
-            rows,
-        )
+        connection.execute(_UPSERT_EPISODES[dialect], rows)
+
+
+_DELETE_EPISODE = delete(alert_episodes).where(
+    alert_episodes.c.rule == bindparam("rule"),
+    alert_episodes.c.app_id == bindparam("app_id"),
+    alert_episodes.c.target == bindparam("target"),
+)
+
+
+def _upsert_episodes(dialect: str) -> Any:
+    insert = (postgresql if dialect == "postgresql" else sqlite).insert(alert_episodes)
+    return insert.on_conflict_do_update(
+        index_elements=["rule", "app_id", "target"],
+        set_={name: insert.excluded[name] for name in ("since", "polls", "firing", "notified_at")},
+    )
+
+
+_UPSERT_EPISODES = per_dialect(_upsert_episodes)
 
 
 def _write_events(

@@ -14,7 +14,7 @@ import json
 from collections.abc import Collection
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
 
 from monitor.alerts.policy import Silence
 from monitor.store.tables import silences as silences_table
@@ -51,10 +51,11 @@ def add(connection: Connection, silence: Silence, *, now: dt.datetime) -> int:
 
 def stored(connection: Connection, *, active_at: dt.datetime | None) -> list[StoredSilence]:
     """The silences active at `active_at`, or all of them when None; oldest first."""
-    query = select(silences_table).order_by(silences_table.c.id)
-    if active_at is not None:
-        query = query.where(_active(active_at))
-    return [_stored(row) for row in connection.execute(query)]
+    if active_at is None:
+        rows = connection.execute(_ALL)
+    else:
+        rows = connection.execute(_ACTIVE, {"moment": active_at})
+    return [_stored(row) for row in rows]
 
 
 def expire(connection: Connection, silence_id: int, *, now: dt.datetime) -> bool:
@@ -67,11 +68,16 @@ def expire(connection: Connection, silence_id: int, *, now: dt.datetime) -> bool
     return ended.rowcount == 1
 
 
-def _active(moment: dt.datetime) -> ColumnElement[bool]:
+def _active(moment: Any) -> ColumnElement[bool]:
     return and_(
         silences_table.c.until > moment,
         or_(silences_table.c.expired_at.is_(None), silences_table.c.expired_at > moment),
     )
+
+
+# Read in the transaction of every snapshot that has alerts: built once.
+_ALL = select(silences_table).order_by(silences_table.c.id)
+_ACTIVE = _ALL.where(_active(bindparam("moment", type_=silences_table.c.until.type)))
 
 
 def _text(values: Collection[str]) -> str:

@@ -114,6 +114,29 @@ def test_each_snapshot_stores_its_events_and_queues_a_notification_per_recipient
     assert firing == {("top10", True), ("number-one", True), ("passed", True)}
 
 
+def test_a_window_rule_compares_with_the_snapshot_as_of_the_window_before(
+    database: Database,
+) -> None:
+    rule = Rule("surge", RuleKind.MOVED, places_up=20, window=2 * HOUR, send_resolved=False)
+    poller = alerting(database, dataclasses.replace(POLICY, rules=(rule,)))
+
+    # At 3.25h the window reaches back to 1.25h: the ranking then is the 1h one (#25), not
+    # the 1.5h one (#18, which would be a move of 14). At 2h it is 0h's: up 19, not enough.
+    at = [T0, T0 + HOUR, T0 + 1.5 * HOUR, T0 + 2 * HOUR, T0 + 3.25 * HOUR]
+    writes = [
+        poller.store(US_FREE, moment, chart_with({DEEPSEEK: rank}))
+        for moment, rank in zip(at, [31, 25, 18, 12, 4], strict=True)
+    ]
+
+    assert [[e.summary for e in write.alerts.events] for write in writes] == [
+        [],
+        [],
+        [],
+        [],
+        ["DeepSeek up 21 to #4 in US Top Free iPhone within 2h (was #25)"],
+    ]
+
+
 def test_a_poll_whose_lease_was_lost_writes_no_alerts_either(database: Database) -> None:
     poller = alerting(database)
     climb(poller, [(31, 1)])
@@ -223,6 +246,36 @@ def test_breadth_counts_the_latest_snapshot_of_every_country(database: Database)
         "DeepSeek in the top 10 in fewer than 2 countries (Top Free iPhone): now 1"
     ]
     assert rows(database, alert_episodes) == []
+
+
+def test_breadth_counts_every_polled_country_of_the_kind_and_only_those(
+    database: Database,
+) -> None:
+    policy = dataclasses.replace(
+        POLICY, rules=(Rule("breadth", RuleKind.BREADTH, top=10, countries_needed=2),)
+    )
+    poller = alerting(database, policy)
+    de_free, fr_free, jp_free = (
+        dataclasses.replace(US_FREE, country=country) for country in ("de", "fr", "jp")
+    )
+    it_paid = ChartKey(Store.APPLE, "it", Collection.TOP_PAID, Device.IPHONE)
+    poller.repository.sync_charts([US_FREE, GB_FREE, de_free, fr_free, it_paid], now=T0)
+    poller.store(GB_FREE, T0, chart_with({DEEPSEEK: 3}, tag="g"))
+    poller.store(GB_FREE, T0 + HOUR, chart_with({DEEPSEEK: 4}, tag="g"))  # the latest counts
+    poller.store(de_free, T0, chart_with({}, tag="d"))  # lists no tracked app
+    poller.store(it_paid, T0, chart_with({DEEPSEEK: 1}, tag="p"))  # another kind of chart
+    poller.store(US_FREE, T0, chart_with({DEEPSEEK: 31}))
+    # fr is scheduled but was never polled: not a watched country yet. jp is not scheduled.
+    poller.repository.sync_charts([US_FREE, GB_FREE, de_free, fr_free, it_paid, jp_free], now=T0)
+    poller.store(jp_free, T0, chart_with({DEEPSEEK: 2}, tag="j"))
+    poller.repository.sync_charts([US_FREE, GB_FREE, de_free, fr_free, it_paid], now=T0)
+
+    crossed = poller.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 9}))
+
+    [event] = crossed.alerts.events
+    assert event.summary == "DeepSeek in the top 10 in 2 countries (Top Free iPhone): GB, US"
+    assert event.facts["country_count"] == "2"
+    assert event.facts["watched_countries"] == "3"  # US, GB, DE
 
 
 def test_without_rules_nothing_about_alerts_is_read_or_written(database: Database) -> None:
