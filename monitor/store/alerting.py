@@ -6,7 +6,8 @@ the rules (monitor.alerts.evaluation, pure), and writes the episodes,
 the events and their notifications in the same transaction as the snapshot: a snapshot is
 stored with exactly its alerts, or not at all. Snapshots that arrive late, failed polls and
 unchanged ones evaluate nothing. An event that a silence holds back (one of the settings, or
-one added with `silence add` and active when the event is written) is stored, and not queued.
+one added with `silence add` and active when the event is written, as the caller read them)
+is stored, and not queued.
 
 Breadth episodes span the charts of one kind (every country's Top Free iPhone): on
 PostgreSQL, writers of such charts take a transaction lock on the kind first, so that two
@@ -92,9 +93,11 @@ def evaluate_snapshot(
     *,
     now: dt.datetime,
     known: ChartAlertMemory | None,
+    added_silences: Sequence[silences.StoredSilence],
 ) -> tuple[AlertsWritten, ChartAlertMemory | None]:
     """`tracked`: every tracked app, app id -> store id. `known`: the chart's memory as this
-    process left it, valid (the claim proves no other process wrote the chart since)."""
+    process left it, valid (the claim proves no other process wrote the chart since).
+    `added_silences`: those added at run time and active now."""
     if not policy.rules or not tracked:
         return AlertsWritten(), None
     hold = known.hold if known is not None else _read_hold(connection, new.chart_id)
@@ -133,7 +136,14 @@ def evaluate_snapshot(
     app_ids = {ref: app_id for app_id, ref in apps.items()}
     _write_episodes(connection, dialect, new, result.episodes, app_ids)
     events = _write_events(
-        connection, dialect, policy, new, events=result.events, app_ids=app_ids, now=now
+        connection,
+        dialect,
+        policy,
+        new,
+        events=result.events,
+        app_ids=app_ids,
+        now=now,
+        added_silences=added_silences,
     )
     after = {**episodes, **result.episodes}
     memory = ChartAlertMemory(
@@ -392,13 +402,13 @@ def _write_events(
     events: Sequence[AlertEvent],
     app_ids: Mapping[AppRef, int],
     now: dt.datetime,
+    added_silences: Sequence[silences.StoredSilence],
 ) -> tuple[AlertEvent, ...]:
     """Store the events and, for each that no silence holds back, its notifications, in one
     statement each; an event stored before (the same poll written twice) is skipped."""
     if not events:
-        return ()  # most snapshots: nothing to silence, nothing to read
-    added = silences.stored(connection, active_at=now)
-    silenced = {event.dedupe_key: _silenced_by(event, policy, added) for event in events}
+        return ()
+    silenced = {event.dedupe_key: _silenced_by(event, policy, added_silences) for event in events}
     stored = connection.execute(
         _INSERT_EVENTS[dialect],
         [_event_row(event, new, app_ids, silenced[event.dedupe_key]) for event in events],

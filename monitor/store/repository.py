@@ -72,11 +72,15 @@ __all__ = [
 
 Progress = Callable[[int, int], None]
 T = TypeVar("T")
+# How soon a silence that another process (`silence add`) stored applies to the alerts this
+# one writes: reading them in every snapshot's transaction that has alerts cost more.
+SILENCES_MAX_AGE_SECONDS = 10.0
 
 
 class Repository:
     """`alerts`: the rules evaluated on each new snapshot (default: none); `clock` stamps the
-    notifications they queue."""
+    notifications they queue; a silence stored by another process applies to them at most
+    `silences_max_age_seconds` later."""
 
     def __init__(
         self,
@@ -84,6 +88,7 @@ class Repository:
         *,
         alerts: AlertPolicy | None = None,
         clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        silences_max_age_seconds: float = SILENCES_MAX_AGE_SECONDS,
     ) -> None:
         self._alerts = alerts or AlertPolicy()
         self._clock = clock
@@ -92,6 +97,7 @@ class Repository:
         self._charts = schedule.ChartCatalog()
         self._apps = AppCache()
         self._latest = snapshots.LatestSnapshots()
+        self._added_silences = stored_silences.SilenceCache(silences_max_age_seconds)
         self._analyzer = GrowthAnalyzer(self._dialect)
         # SQLite has one writer at a time; threads of this process queue here instead of in
         # SQLite's busy handler, which sleeps in growing steps and wastes most of the wait.
@@ -152,6 +158,16 @@ class Repository:
     ) -> SnapshotWrite:
         """Store a fetched chart, its derived ranks, the fetch log and the schedule advance in
         one transaction. Raises LeaseLost (writing nothing) if the claim was superseded."""
+        now = self._clock()
+        # Read before the write transaction, at most every few seconds: not in each one.
+        added_silences = (
+            self._added_silences.active(
+                lambda: reading(self._engine, lambda c: stored_silences.stored(c, active_at=now)),
+                at=now,
+            )
+            if self._alerts.rules
+            else []
+        )
         written = self._transaction(
             lambda c: snapshots.write_snapshot(
                 c,
@@ -165,7 +181,8 @@ class Repository:
                 fetches=fetches,
                 next_due_at=next_due_at,
                 alert_policy=self._alerts,
-                now=self._clock(),
+                now=now,
+                added_silences=added_silences,
             ),
         )
         self._apps.update(claim.chart.store, written.apps)
@@ -350,7 +367,9 @@ class Repository:
 
     def add_silence(self, silence: Silence, *, now: dt.datetime) -> int:
         """Store a silence, active from now on for the events written; returns its id."""
-        return self._transaction(lambda c: stored_silences.add(c, silence, now=now))
+        silence_id = self._transaction(lambda c: stored_silences.add(c, silence, now=now))
+        self._added_silences.forget()
+        return silence_id
 
     def silences(self, *, active_at: dt.datetime | None) -> list[StoredSilence]:
         """The stored silences active at `active_at`, or all of them when None."""
@@ -358,7 +377,9 @@ class Repository:
 
     def expire_silence(self, silence_id: int, *, now: dt.datetime) -> bool:
         """End a silence now; False when no silence of that id is active now."""
-        return self._transaction(lambda c: stored_silences.expire(c, silence_id, now=now))
+        expired = self._transaction(lambda c: stored_silences.expire(c, silence_id, now=now))
+        self._added_silences.forget()
+        return expired
 
     def rank_series(
         self, app_id: int, charts: Collection[ChartKey], *, since: dt.datetime, until: dt.datetime

@@ -3,7 +3,7 @@
 A stored silence is a monitor.alerts.policy.Silence with an id, the time it was added and the
 time `silence expire` ended it, if it did. It is active at a time before its `until` when it
 was not expired by then; the alerts written in a snapshot's transaction read the active ones
-(store/alerting.py).
+(store/alerting.py) through a SilenceCache, so that they are not read again for each.
 """
 
 from __future__ import annotations
@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from collections.abc import Collection
+import threading
+import time
+from collections.abc import Callable, Collection
 from typing import Any
 
 from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
@@ -31,6 +33,36 @@ class StoredSilence:
         """What an event it held back records: the silence, and the id `silence expire`
         takes."""
         return f"{self.silence.describe()} (id {self.id})"
+
+    def active_at(self, moment: dt.datetime) -> bool:
+        return self.silence.until > moment and (self.expired_at is None or self.expired_at > moment)
+
+
+class SilenceCache:
+    """The stored silences as read at most `max_age_seconds` ago: a silence added or expired
+    by `silence add` / `silence expire` (another process) applies to the alerts written from
+    that long after. Those of this process apply at once (`forget`)."""
+
+    def __init__(self, max_age_seconds: float) -> None:
+        self._max_age = max_age_seconds
+        self._read_at: float | None = None
+        self._silences: list[StoredSilence] = []
+        self._lock = threading.Lock()
+
+    def active(
+        self, read: Callable[[], list[StoredSilence]], *, at: dt.datetime
+    ) -> list[StoredSilence]:
+        """The silences active at `at`; `read` reads the stored ones active now."""
+        with self._lock:
+            if self._read_at is None or time.monotonic() - self._read_at > self._max_age:
+                self._silences = read()
+                self._read_at = time.monotonic()
+            silences = self._silences
+        return [silence for silence in silences if silence.active_at(at)]
+
+    def forget(self) -> None:
+        with self._lock:
+            self._read_at = None
 
 
 def add(connection: Connection, silence: Silence, *, now: dt.datetime) -> int:

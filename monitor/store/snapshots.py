@@ -44,6 +44,7 @@ from monitor.store import alerting, derived, packing, schedule
 from monitor.store import apps as app_writes
 from monitor.store.apps import AppCache, Known
 from monitor.store.results import AlertsWritten, SnapshotWrite, TrackedRankChange
+from monitor.store.silences import StoredSilence
 from monitor.store.sql import insert_ignoring_conflicts, per_dialect
 from monitor.store.tables import app_ranks, apps, fetch_log, snapshots
 
@@ -231,8 +232,10 @@ def write_snapshot(
     next_due_at: dt.datetime,
     alert_policy: AlertPolicy,
     now: dt.datetime,
+    added_silences: Sequence[StoredSilence],
 ) -> Written:
-    """`known_latest` is LatestSnapshots' entry for the claim, if it has a valid one."""
+    """`known_latest` is LatestSnapshots' entry for the claim, if it has a valid one;
+    `added_silences` are the silences added at run time and active now."""
     if snapshot.chart != claim.chart:
         raise ValueError(f"snapshot of {snapshot.chart} recorded under a claim on {claim.chart}")
     success = _last_success(fetches)
@@ -326,6 +329,7 @@ def write_snapshot(
             tracked,
             now=now,
             known=known_latest.alerts if known_latest is not None else None,
+            added_silences=added_silences,
         )
         latest = Latest(snapshot_id, snapshot.fetched_at, digest, ranked, memory)
     result = SnapshotWrite(

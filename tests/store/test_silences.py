@@ -4,6 +4,8 @@ writes; on SQLite and PostgreSQL."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,11 +17,12 @@ from monitor.store.repository import Repository
 from monitor.store.tables import alert_events, notifications
 
 from .conftest import CHATGPT, DEEPSEEK, HOUR, T0, US_FREE
-from .test_alerting import alerting, chart_with, climb, rows, summaries
+from .test_alerting import POLICY, alerting, chart_with, climb, rows, summaries
 
 # alerting() stamps what it writes at this time: silences are active, or not, then.
 NOW = T0 + 10 * HOUR
 DEEPSEEK_UP_19 = "DeepSeek up 19 to #12 in US Top Free iPhone (was #31)"
+MAX_AGE_S = 1.0
 
 
 def test_silences_are_stored_listed_and_expired(database: Database) -> None:
@@ -108,18 +111,27 @@ def statements(database: Database) -> Iterator[list[str]]:
         event.remove(database.engine, "before_cursor_execute", record)
 
 
-def test_stored_silences_are_read_only_for_a_snapshot_that_brings_events(
+def test_a_silence_another_process_adds_applies_once_the_stored_ones_are_read_again(
     database: Database,
 ) -> None:
     poller = alerting(database)
-    poller.repository.add_silence(Silence(until=NOW + HOUR, apps=frozenset({"ChatGPT"})), now=T0)
+    writer = Repository(
+        database, alerts=POLICY, clock=lambda: NOW, silences_max_age_seconds=MAX_AGE_S
+    )
+    poller = dataclasses.replace(poller, repository=writer)
     climb(poller, [(31, 1)])
+    with statements(database) as seen:
+        for hour, rank in ((1, 12), (2, 30), (3, 11)):
+            poller.store(US_FREE, T0 + hour * HOUR, chart_with({DEEPSEEK: rank, CHATGPT: 1}))
+    assert len(summaries(database)) == 2
+    assert not [sql for sql in seen if "silences" in sql]  # read at most once per max age
 
-    with statements(database) as quiet:
-        poller.store(US_FREE, T0 + HOUR, chart_with({DEEPSEEK: 30, CHATGPT: 1}))
-    with statements(database) as eventful:
-        poller.store(US_FREE, T0 + 2 * HOUR, chart_with({DEEPSEEK: 12, CHATGPT: 1}))
+    # `silence add`, run while the service runs:
+    Repository(database).add_silence(Silence(until=NOW + HOUR), now=NOW)
+    time.sleep(MAX_AGE_S * 1.5)
+    for hour, rank in ((4, 31), (5, 12)):
+        poller.store(US_FREE, T0 + hour * HOUR, chart_with({DEEPSEEK: rank, CHATGPT: 1}))
 
-    assert summaries(database) == ["DeepSeek up 18 to #12 in US Top Free iPhone (was #30)"]
-    assert not [sql for sql in quiet if "silences" in sql]
-    assert len([sql for sql in eventful if "silences" in sql]) == 1
+    silenced = [row.silenced_by is not None for row in rows(database, alert_events)]
+    assert silenced == [False, False, True]
+    assert len(rows(database, notifications)) == 2
