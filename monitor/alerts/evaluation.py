@@ -95,9 +95,13 @@ def breadth_may_change(
 ) -> bool:
     """Whether a breadth rule needs the other countries' charts for a poll of `chart` (the
     `countries` of its ChartUpdate): an app entered or left the rule's top here (the only way
-    its country count moves), or the rule waits for confirmation, which counts every poll."""
+    its country count moves), or the rule has something to do at every poll: count polls
+    towards confirmation, or repeat a firing alert."""
     breadth = [rule for rule in rules if rule.kind is RuleKind.BREADTH and rule.covers(chart)]
-    if any(rule.confirm_snapshots > 1 or rule.confirm_for for rule in breadth):
+    if any(
+        rule.confirm_snapshots > 1 or rule.confirm_for or rule.repeat_interval is not None
+        for rule in breadth
+    ):
         return True
     return previous is not None and any(
         in_top(rank, rule.top) != in_top(previous.get(app), rule.top)

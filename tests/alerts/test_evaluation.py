@@ -9,13 +9,20 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import TypedDict
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
-from monitor.alerts.evaluation import ChartUpdate, Episode, EpisodeKey, evaluate
+from monitor.alerts.evaluation import (
+    ChartUpdate,
+    Episode,
+    EpisodeKey,
+    breadth_may_change,
+    evaluate,
+)
 from monitor.alerts.model import AlertEvent, AppRef, EventState, RuleKind
 from monitor.alerts.rules import Rule
 from monitor.model import ChartKey, Collection, Device, Store
@@ -320,36 +327,25 @@ def test_inconsistent_rules_are_refused_naming_the_rule(rule: object, problem: s
 
 
 # -- against a reference model -----------------------------------------------------------------
+#
+# The reference looks at a whole history at once. A rule's condition holds on runs of polls;
+# a run is an episode if it starts the way the rule wants (a sticky condition must be seen
+# starting: from outside, known at the poll before), except that an app already in a top at
+# the first poll fires silently (only its resolved notice is news). An episode fires at the
+# first poll where it is confirmed, again at each repeat interval, and resolves at the poll
+# after its run.
 
 
-def reference_events(
-    rule: Rule, ranks: Sequence[int | None], times: Sequence[dt.datetime]
+def episode_events(
+    rule: Rule,
+    holds: Sequence[bool],
+    times: Sequence[dt.datetime],
+    *,
+    starts: Callable[[int], bool],
+    silent_at_first_poll: bool = False,
 ) -> list[tuple[int, EventState]]:
-    """(poll index, state) of every event, from the whole history at once: a condition holds
-    on runs of polls; a run is an episode unless it is a sticky condition's run that starts at
-    the first poll (nothing is known before it), where only a top-N entry resolves (silently
-    firing from the start); an episode fires at the first poll where it is confirmed, again
-    at each repeat interval, and resolves at the poll after its run."""
-
-    def inside(rank: int | None) -> bool:
-        if rule.kind is RuleKind.ENTERED_TOP:
-            return rank is not None and rank <= (rule.top or 0)
-        if rule.kind is RuleKind.LEFT_TOP:
-            return rank is None or rank > (rule.top or 0)
-        return rank is None  # DROPPED_OUT
-
-    def moved(index: int) -> bool:
-        if index == 0 or ranks[index] is None or ranks[index - 1] is None:
-            return False
-        up = (ranks[index - 1] or 0) - (ranks[index] or 0)
-        return (rule.places_up is not None and up >= rule.places_up) or (
-            rule.places_down is not None and -up >= rule.places_down
-        )
-
-    if rule.kind is RuleKind.MOVED:
-        holds = [moved(index) for index in range(len(ranks))]
-    else:
-        holds = [inside(rank) for rank in ranks]
+    """(poll index, state) of every event; `starts(i)`: a run beginning at poll i is an
+    episode."""
     events: list[tuple[int, EventState]] = []
     start = 0
     while start < len(holds):
@@ -359,11 +355,11 @@ def reference_events(
         end = start
         while end + 1 < len(holds) and holds[end + 1]:
             end += 1
-        if rule.kind is RuleKind.ENTERED_TOP and start == 0:
-            # In the top at the first poll: firing, but silently; leaving it is news.
-            if end + 1 < len(holds) and rule.send_resolved:
+        resolves = end + 1 < len(holds) and rule.send_resolved
+        if silent_at_first_poll and start == 0:
+            if resolves:
                 events.append((end + 1, EventState.RESOLVED))
-        elif rule.kind is RuleKind.MOVED or start > 0:
+        elif starts(start):
             notified: dt.datetime | None = None
             for index in range(start, end + 1):
                 confirmed = (
@@ -378,14 +374,80 @@ def reference_events(
                 if (notified is None and confirmed) or repeat_due:
                     events.append((index, EventState.FIRING))
                     notified = times[index]
-            if notified is not None and end + 1 < len(holds) and rule.send_resolved:
+            if notified is not None and resolves:
                 events.append((end + 1, EventState.RESOLVED))
         start = end + 1
     return events
 
 
+def reference_events(
+    rule: Rule, ranks: Sequence[int | None], times: Sequence[dt.datetime]
+) -> list[tuple[int, EventState]]:
+    """One app on one chart, for the kinds about its own rank."""
+
+    def inside(rank: int | None) -> bool:
+        if rule.kind is RuleKind.ENTERED_TOP:
+            return rank is not None and rank <= (rule.top or 0)
+        if rule.kind is RuleKind.LEFT_TOP:
+            return rank is None or rank > (rule.top or 0)
+        return rank is None  # DROPPED_OUT
+
+    def rank_as_of(moment: dt.datetime) -> int | None:
+        earlier = [rank for at, rank in zip(times, ranks, strict=True) if at <= moment]
+        return earlier[-1] if earlier else None
+
+    def moved(index: int) -> bool:
+        if rule.window is None:
+            before = ranks[index - 1] if index > 0 else None
+        else:
+            before = rank_as_of(times[index] - rule.window)
+        now = ranks[index]
+        if now is None or before is None:
+            return False
+        up = before - now
+        return (rule.places_up is not None and up >= rule.places_up) or (
+            rule.places_down is not None and -up >= rule.places_down
+        )
+
+    if rule.kind is RuleKind.MOVED:
+        return episode_events(
+            rule, [moved(i) for i in range(len(ranks))], times, starts=lambda _: True
+        )
+    return episode_events(
+        rule,
+        [inside(rank) for rank in ranks],
+        times,
+        starts=lambda index: index > 0,
+        silent_at_first_poll=rule.kind is RuleKind.ENTERED_TOP,
+    )
+
+
 RANK = st.one_of(st.none(), st.integers(min_value=1, max_value=30))
 DURATION = st.integers(min_value=0, max_value=6).map(lambda hours: dt.timedelta(hours=hours))
+GAPS = st.lists(st.integers(min_value=1, max_value=3), min_size=25, max_size=25)
+
+
+def poll_times(gaps: Sequence[int], count: int) -> list[dt.datetime]:
+    return [T0 + sum(gaps[:index], 0) * HOUR for index in range(count)]
+
+
+class NoiseControl(TypedDict):
+    confirm_snapshots: int
+    confirm_for: dt.timedelta
+    repeat_interval: dt.timedelta | None
+    send_resolved: bool
+
+
+@st.composite
+def noise_control(draw: st.DrawFn) -> NoiseControl:
+    """Confirmation, repeat and resolved notices, as any rule may have them."""
+    return {
+        # Mostly none: most rules have none, and others mask what happens between polls.
+        "confirm_snapshots": draw(st.sampled_from([1, 1, 2, 3])),
+        "confirm_for": draw(st.one_of(st.just(dt.timedelta(0)), DURATION)),
+        "repeat_interval": draw(st.one_of(st.none(), DURATION.filter(bool))),
+        "send_resolved": draw(st.booleans()),
+    }
 
 
 @st.composite
@@ -396,29 +458,27 @@ def rules(draw: st.DrawFn) -> Rule:
     up, down = draw(places), draw(places)
     if kind is RuleKind.MOVED and up is None and down is None:
         up = 1
+    window = draw(st.one_of(st.none(), DURATION.filter(bool))) if kind is RuleKind.MOVED else None
+    options = draw(noise_control())
+    if kind is RuleKind.MOVED and window is None:
+        options["confirm_snapshots"] = 1  # a move between two polls holds for one poll
     return Rule(
         "r",
         kind,
         places_up=up if kind is RuleKind.MOVED else None,
         places_down=down if kind is RuleKind.MOVED else None,
+        window=window,
         top=draw(st.integers(min_value=1, max_value=20)),
-        confirm_snapshots=1 if kind is RuleKind.MOVED else draw(st.integers(1, 3)),
-        confirm_for=draw(DURATION),
-        repeat_interval=draw(st.one_of(st.none(), DURATION.filter(bool))),
-        send_resolved=draw(st.booleans()),
+        **options,
     )
 
 
 @settings(max_examples=400, deadline=None)
-@given(
-    rule=rules(),
-    ranks=st.lists(RANK, min_size=1, max_size=25),
-    gaps=st.lists(st.integers(min_value=1, max_value=3), min_size=25, max_size=25),
-)
+@given(rule=rules(), ranks=st.lists(RANK, min_size=1, max_size=25), gaps=GAPS)
 def test_incremental_evaluation_matches_the_whole_history_reference(
     rule: Rule, ranks: list[int | None], gaps: list[int]
 ) -> None:
-    times = [T0 + sum(gaps[:index], 0) * HOUR for index in range(len(ranks))]
+    times = poll_times(gaps, len(ranks))
     chart = Chart([rule])
 
     seen = [
@@ -428,3 +488,156 @@ def test_incremental_evaluation_matches_the_whole_history_reference(
     ]
 
     assert seen == reference_events(rule, ranks, times)
+
+
+def rival_reference_events(
+    rule: Rule,
+    ranks: Sequence[int | None],
+    rival_ranks: Sequence[int | None],
+    times: Sequence[dt.datetime],
+) -> list[tuple[int, EventState]]:
+    """The app passing its rival: ahead of it (both listed), and in the rule's top if it has
+    one; a pass is seen when the rival was listed and not ahead of it at the poll before."""
+
+    def ahead(index: int) -> bool:
+        now, rival = ranks[index], rival_ranks[index]
+        return now is not None and rival is not None and now < rival
+
+    def inside(index: int) -> bool:
+        now = ranks[index]
+        return ahead(index) and (rule.top is None or (now is not None and now <= rule.top))
+
+    def starts(index: int) -> bool:
+        return index > 0 and rival_ranks[index - 1] is not None and not ahead(index - 1)
+
+    return episode_events(rule, [inside(i) for i in range(len(ranks))], times, starts=starts)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    options=noise_control(),
+    top=st.one_of(st.none(), st.integers(min_value=1, max_value=20)),
+    ranks=st.lists(st.tuples(RANK, RANK), min_size=1, max_size=25),
+    gaps=GAPS,
+)
+def test_rival_passes_match_the_whole_history_reference(
+    options: NoiseControl,
+    top: int | None,
+    ranks: list[tuple[int | None, int | None]],
+    gaps: list[int],
+) -> None:
+    rule = Rule(
+        "passed",
+        RuleKind.RIVAL_PASSED,
+        apps=frozenset({DEEPSEEK.name}),
+        rival=CHATGPT.name,
+        top=top,
+        **options,
+    )
+    times = poll_times(gaps, len(ranks))
+    chart = Chart([rule])
+
+    seen = [
+        (index, event.state)
+        for index, (at, (deepseek, chatgpt)) in enumerate(zip(times, ranks, strict=True))
+        # Ranks are positions in one chart: two apps never share one.
+        for event in chart.poll(
+            at, {DEEPSEEK: deepseek, CHATGPT: None if chatgpt == deepseek else chatgpt}
+        )
+    ]
+
+    deepseeks = [deepseek for deepseek, _ in ranks]
+    chatgpts = [None if chatgpt == deepseek else chatgpt for deepseek, chatgpt in ranks]
+    assert seen == rival_reference_events(rule, deepseeks, chatgpts, times)
+
+
+class Kind:
+    """The charts of one kind in several countries, polled one at a time, sharing the breadth
+    episodes; the other countries' ranks are given only when the poll may change a count, as
+    the store does (breadth_may_change)."""
+
+    def __init__(self, rule: Rule) -> None:
+        self.rule = rule
+        self.episodes: dict[EpisodeKey, Episode] = {}
+        self.latest: dict[str, int | None] = {}
+
+    def poll(self, country: str, at: dt.datetime, rank: int | None) -> list[AlertEvent]:
+        chart = dataclasses.replace(US_FREE, country=country)
+        ranks = {DEEPSEEK: rank}
+        previous = {DEEPSEEK: self.latest[country]} if country in self.latest else None
+        self.latest[country] = rank
+        update = ChartUpdate(
+            chart=chart,
+            at=at,
+            depth=100,
+            ranks=ranks,
+            previous=previous,
+            countries=(
+                {DEEPSEEK: dict(self.latest)}
+                if breadth_may_change([self.rule], chart, ranks, previous)
+                else None
+            ),
+        )
+        result = evaluate(update, self.episodes, [self.rule])
+        for key, episode in result.episodes.items():
+            if episode is None:
+                del self.episodes[key]
+            else:
+                self.episodes[key] = episode
+        return list(result.events)
+
+
+def breadth_reference_events(
+    rule: Rule, polls: Sequence[tuple[str, int | None]], times: Sequence[dt.datetime]
+) -> list[tuple[int, EventState]]:
+    """In the top in enough countries (each country's latest rank); a crossing is seen only
+    on a chart polled before, whose previous rank gives the count before it."""
+    latest: dict[str, int | None] = {}
+    holds: list[bool] = []
+    known: list[bool] = []
+    for country, rank in polls:
+        known.append(country in latest)
+        latest[country] = rank
+        leading = sum(1 for r in latest.values() if r is not None and r <= (rule.top or 0))
+        holds.append(leading >= (rule.countries_needed or 0))
+    return episode_events(rule, holds, times, starts=lambda index: known[index])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    options=noise_control(),
+    top=st.integers(min_value=1, max_value=10),
+    needed=st.integers(min_value=1, max_value=3),
+    polls=st.lists(
+        st.tuples(
+            st.sampled_from(["us", "gb", "de"]),
+            st.one_of(st.none(), st.integers(min_value=1, max_value=15)),
+        ),
+        min_size=1,
+        max_size=25,
+    ),
+    gaps=GAPS,
+)
+@example(  # found by it: a breadth alert repeated only at polls that changed a count
+    options={"confirm_snapshots": 1, "confirm_for": dt.timedelta(0), "repeat_interval": HOUR,
+             "send_resolved": False},
+    top=1, needed=1, polls=[("us", None), ("us", 1), ("gb", None)], gaps=[1] * 25,
+)  # fmt: skip
+def test_breadth_matches_the_whole_history_reference(
+    options: NoiseControl,
+    top: int,
+    needed: int,
+    polls: list[tuple[str, int | None]],
+    gaps: list[int],
+) -> None:
+    rule = Rule("breadth", RuleKind.BREADTH, top=top, countries_needed=needed, **options)
+    times = poll_times(gaps, len(polls))
+    kind = Kind(rule)
+
+    seen = [
+        (index, event.state)
+        for index, (at, (country, rank)) in enumerate(zip(times, polls, strict=True))
+        for event in kind.poll(country, at, rank)
+    ]
+
+    assert seen == breadth_reference_events(rule, polls, times)
