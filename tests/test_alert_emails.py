@@ -2,7 +2,7 @@
 climb past ChatGPT, and a real SMTP server on loopback receives what the outbox sends.
 
 Exactly the expected emails arrive, one per poll round, in order; a glitch snapshot and a feed
-outage in the middle of the climb add none.
+outage in the middle of the climb add none. On SQLite and PostgreSQL.
 """
 
 from __future__ import annotations
@@ -64,13 +64,15 @@ EXPECTED_NEWS_OF_THE_LAST = [
 ]
 
 
-def write_config(directory: Path, apple: ScriptedServer, smtp: SmtpServer, port: int) -> Path:
+def write_config(
+    directory: Path, database_url: str, apple: ScriptedServer, smtp: SmtpServer, port: int
+) -> Path:
     config = directory / "monitor.toml"
     config.write_text(
         textwrap.dedent(
             f"""
             [database]
-            url = "sqlite:///{directory / "monitor.sqlite3"}"
+            url = "{database_url}"
 
             [http]
             port = {port}
@@ -165,12 +167,12 @@ def sent_count(port: int) -> float:
 
 
 def test_each_round_of_the_climb_sends_one_email_with_its_news(
-    tmp_path: Path, smtp: SmtpServer
+    tmp_path: Path, database_url: str, smtp: SmtpServer
 ) -> None:
     charts = FakeAppleCharts(climb=(31, 12, 4, 1))
     with ScriptedServer(fallback=serve(charts)) as apple:
         port = free_port()
-        config = write_config(tmp_path, apple, smtp, port)
+        config = write_config(tmp_path, database_url, apple, smtp, port)
         run_until(config, port, smtp, len(EXPECTED_SUBJECTS), apple, polls=2)
 
     subjects = [received.message["Subject"] for received in smtp.messages]
@@ -185,7 +187,7 @@ def test_each_round_of_the_climb_sends_one_email_with_its_news(
 
 
 def test_a_glitch_and_an_outage_in_the_climb_send_no_false_alert(
-    tmp_path: Path, smtp: SmtpServer
+    tmp_path: Path, database_url: str, smtp: SmtpServer
 ) -> None:
     charts = FakeAppleCharts()
     apps = charts.chart("us", "top-free", 0)
@@ -210,7 +212,7 @@ def test_a_glitch_and_an_outage_in_the_climb_send_no_false_alert(
 
     with ScriptedServer(fallback=serve(charts, us_top_free)) as apple:
         port = free_port()
-        config = write_config(tmp_path, apple, smtp, port)
+        config = write_config(tmp_path, database_url, apple, smtp, port)
         output = run_until(config, port, smtp, len(EXPECTED_SUBJECTS), apple, polls=2)
 
     assert [received.message["Subject"] for received in smtp.messages] == EXPECTED_SUBJECTS

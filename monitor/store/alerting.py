@@ -23,7 +23,20 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from sqlalchemy import Connection, Select, and_, bindparam, delete, func, or_, select, true
+from sqlalchemy import (
+    Column,
+    Connection,
+    Integer,
+    Select,
+    and_,
+    bindparam,
+    column,
+    delete,
+    func,
+    or_,
+    select,
+    true,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from monitor.alerts.evaluation import (
@@ -41,7 +54,7 @@ from monitor.model import ChartKey, Store
 from monitor.store import packing, silences
 from monitor.store.queries import latest_of_chart
 from monitor.store.results import AlertsWritten
-from monitor.store.sql import among, insert_ignoring_conflicts, json_rows, per_dialect
+from monitor.store.sql import among, insert_ignoring_conflicts, json_ready, json_rows, per_dialect
 from monitor.store.tables import (
     alert_episodes,
     alert_events,
@@ -133,18 +146,17 @@ def evaluate_snapshot(
         shared = _episodes(connection, new, apps, breadth=breadth, chart=False) if breadth else {}
         episodes = {**known.episodes, **shared}
     result = evaluate(update, episodes, policy.rules)
-    app_ids = {ref: app_id for app_id, ref in apps.items()}
-    _write_episodes(connection, dialect, new, result.episodes, app_ids)
-    events = _write_events(
-        connection,
-        dialect,
+    writes = _writes(
         policy,
         new,
-        events=result.events,
-        app_ids=app_ids,
+        result.episodes,
+        result.events,
+        app_ids={ref: app_id for app_id, ref in apps.items()},
         now=now,
         added_silences=added_silences,
     )
+    stored = _WRITE[dialect](connection, writes) if writes else set()
+    events = tuple(event for event in result.events if event.dedupe_key in stored)
     after = {**episodes, **result.episodes}
     memory = ChartAlertMemory(
         {key: e for key, e in after.items() if e is not None and key.target != target}, hold
@@ -248,7 +260,7 @@ def _countries(
 ) -> dict[AppRef, dict[str, int | None]]:
     """Each tracked app's rank in the latest snapshot of every enabled chart of the new
     snapshot's kind, the new snapshot standing for its own chart. The ranks come from the
-    derived ranks, which hold every tracked app's (derived.py): a few small rows per chart."""
+    derived ranks, which hold every tracked app's (derived.py), not from the rankings."""
     found = connection.execute(
         _KIND_RANKS[dialect],
         {
@@ -270,8 +282,8 @@ def _countries(
 
 
 def _kind_ranks(dialect: str) -> Select[Any]:
-    """The rows (country, tracked app id, rank) of the latest snapshots of a kind of chart,
-    but one: (country, NULL, NULL) for a chart listing none of the apps."""
+    """(country, tracked app id, rank) in the latest snapshot of every other enabled chart
+    of a kind, as one JSON row; (country, NULL, NULL) for a chart listing none of the apps."""
     kind = (
         select(
             charts.c.id,
@@ -342,37 +354,91 @@ _EPISODES = {
 }
 
 
-def _write_episodes(
-    connection: Connection,
-    dialect: str,
+@dataclasses.dataclass(frozen=True)
+class _Writes:
+    """What an evaluation changes, as rows: episodes that ended and that started or changed,
+    events, and the notifications of those events that no silence holds back (by the event's
+    dedupe key: the event's id is known once it is stored)."""
+
+    ended: list[dict[str, Any]]
+    episodes: list[dict[str, Any]]
+    events: list[dict[str, Any]]
+    queued: list[dict[str, Any]]
+
+    def __bool__(self) -> bool:
+        return bool(self.ended or self.episodes or self.events)
+
+
+def _writes(
+    policy: AlertPolicy,
     new: NewSnapshot,
     changed: Mapping[EpisodeKey, Episode | None],
+    events: Sequence[AlertEvent],
+    *,
     app_ids: Mapping[AppRef, int],
-) -> None:
-    ended = [
-        {"rule": key.rule, "app_id": app_ids[key.app], "target": key.target}
-        for key, episode in changed.items()
-        if episode is None
-    ]
-    if ended:
-        connection.execute(_DELETE_EPISODE, ended)
+    now: dt.datetime,
+    added_silences: Sequence[silences.StoredSilence],
+) -> _Writes:
     shared = breadth_target(new.chart)
-    rows = [
-        {
-            "rule": key.rule,
-            "app_id": app_ids[key.app],
-            "target": key.target,
-            "chart_id": None if key.target == shared else new.chart_id,
-            "since": episode.since,
-            "polls": episode.polls,
-            "firing": episode.firing,
-            "notified_at": episode.notified_at,
-        }
-        for key, episode in changed.items()
-        if episode is not None
+    silenced = {event.dedupe_key: _silenced_by(event, policy, added_silences) for event in events}
+    return _Writes(
+        ended=[
+            {"rule": key.rule, "app_id": app_ids[key.app], "target": key.target}
+            for key, episode in changed.items()
+            if episode is None
+        ],
+        episodes=[
+            {
+                "rule": key.rule,
+                "app_id": app_ids[key.app],
+                "target": key.target,
+                "chart_id": None if key.target == shared else new.chart_id,
+                "since": episode.since,
+                "polls": episode.polls,
+                "firing": episode.firing,
+                "notified_at": episode.notified_at,
+            }
+            for key, episode in changed.items()
+            if episode is not None
+        ],
+        events=[_event_row(event, new, app_ids, silenced[event.dedupe_key]) for event in events],
+        queued=[
+            {
+                "dedupe_key": event.dedupe_key,
+                "channel": delivery.channel.value,
+                "recipient": delivery.recipient,
+                "state": "pending",
+                "created_at": now,
+                "not_before": delivery.not_before,
+            }
+            for event in events
+            if silenced[event.dedupe_key] is None
+            for delivery in policy.deliveries(event, now=now)
+        ],
+    )
+
+
+def _write_sqlite(connection: Connection, writes: _Writes) -> set[str]:
+    """A statement per table written (no round trips to save); returns the dedupe keys of the
+    events stored, not those stored before (the same poll written twice)."""
+    if writes.ended:
+        connection.execute(_DELETE_EPISODE, writes.ended)
+    if writes.episodes:
+        connection.execute(_UPSERT_EPISODES, writes.episodes)
+    if not writes.events:
+        return set()
+    # An executemany: SQLAlchemy sends the rows as one multi-row INSERT and returns the ids
+    # of those that were new.
+    ids: dict[str, int] = dict(connection.execute(_INSERT_EVENTS, writes.events).all())
+    queued = [
+        {key: value for key, value in row.items() if key != "dedupe_key"}
+        | {"event_id": ids[row["dedupe_key"]]}
+        for row in writes.queued
+        if row["dedupe_key"] in ids
     ]
-    if rows:
-        connection.execute(_UPSERT_EPISODES[dialect], rows)
+    if queued:
+        connection.execute(notifications.insert(), queued)
+    return set(ids)
 
 
 _DELETE_EPISODE = delete(alert_episodes).where(
@@ -380,66 +446,89 @@ _DELETE_EPISODE = delete(alert_episodes).where(
     alert_episodes.c.app_id == bindparam("app_id"),
     alert_episodes.c.target == bindparam("target"),
 )
-
-
-def _upsert_episodes(dialect: str) -> Any:
-    insert = (postgresql if dialect == "postgresql" else sqlite).insert(alert_episodes)
-    return insert.on_conflict_do_update(
-        index_elements=["rule", "app_id", "target"],
-        set_={name: insert.excluded[name] for name in ("since", "polls", "firing", "notified_at")},
-    )
-
-
-_UPSERT_EPISODES = per_dialect(_upsert_episodes)
-
-
-def _write_events(
-    connection: Connection,
-    dialect: str,
-    policy: AlertPolicy,
-    new: NewSnapshot,
-    *,
-    events: Sequence[AlertEvent],
-    app_ids: Mapping[AppRef, int],
-    now: dt.datetime,
-    added_silences: Sequence[silences.StoredSilence],
-) -> tuple[AlertEvent, ...]:
-    """Store the events and, for each that no silence holds back, its notifications, in one
-    statement each; an event stored before (the same poll written twice) is skipped."""
-    if not events:
-        return ()
-    silenced = {event.dedupe_key: _silenced_by(event, policy, added_silences) for event in events}
-    stored = connection.execute(
-        _INSERT_EVENTS[dialect],
-        [_event_row(event, new, app_ids, silenced[event.dedupe_key]) for event in events],
-    ).all()
-    ids = {row.dedupe_key: row.id for row in stored}
-    written = tuple(event for event in events if event.dedupe_key in ids)
-    queued = [
-        {
-            "event_id": ids[event.dedupe_key],
-            "channel": delivery.channel.value,
-            "recipient": delivery.recipient,
-            "state": "pending",
-            "created_at": now,
-            "not_before": delivery.not_before,
-        }
-        for event in written
-        if silenced[event.dedupe_key] is None
-        for delivery in policy.deliveries(event, now=now)
-    ]
-    if queued:
-        connection.execute(notifications.insert(), queued)
-    return written
-
-
-# Run as an executemany: SQLAlchemy sends the rows as one multi-row INSERT and returns the
-# ids of those that were new.
-_INSERT_EVENTS = per_dialect(
-    lambda dialect: insert_ignoring_conflicts(alert_events, dialect).returning(
-        alert_events.c.id, alert_events.c.dedupe_key
-    )
+_EPISODE_STATE = ("since", "polls", "firing", "notified_at")
+_UPSERT_EPISODES = (insert := sqlite.insert(alert_episodes)).on_conflict_do_update(
+    index_elements=["rule", "app_id", "target"],
+    set_={name: insert.excluded[name] for name in _EPISODE_STATE},
 )
+_INSERT_EVENTS = insert_ignoring_conflicts(alert_events, "sqlite").returning(
+    alert_events.c.dedupe_key, alert_events.c.id
+)
+
+
+def _write_postgresql(connection: Connection, writes: _Writes) -> set[str]:
+    """Everything in one statement, one round trip (data-modifying CTEs, rows passed as
+    JSON); returns the dedupe keys of the events stored, as _write_sqlite."""
+    stored = connection.execute(
+        _WRITE_ALL_POSTGRESQL,
+        {
+            "ended": _positioned(writes.ended),
+            "episodes": _positioned(writes.episodes),
+            "events": _positioned(writes.events),
+            "queued": _positioned(writes.queued),
+        },
+    ).scalars()
+    return set(stored)
+
+
+def _recordset(name: str, *columns: Column[Any]) -> Any:
+    """`json_to_recordset(:name) AS name(column type, ..., position integer)`: the rows of a
+    JSON parameter as `_positioned` made them."""
+    return (
+        func.json_to_recordset(bindparam(name, type_=postgresql.JSON))
+        .table_valued(*(column(c.name, c.type) for c in columns), column("position", Integer))
+        .render_derived(name=name, with_types=True)
+    )
+
+
+def _positioned(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Rows for a JSON parameter, numbered: rows inserted in that order get ascending ids."""
+    return [json_ready(row) | {"position": position} for position, row in enumerate(rows)]
+
+
+def _write_all_postgresql() -> Select[Any]:
+    key = (alert_episodes.c.rule, alert_episodes.c.app_id, alert_episodes.c.target)
+    ended = _recordset("ended", *key)
+    deleted = delete(alert_episodes).where(*(c == ended.c[c.name] for c in key)).cte("deleted")
+    changed = _recordset("episodes", *alert_episodes.c)
+    upsert = postgresql.insert(alert_episodes).from_select(
+        [c.name for c in alert_episodes.c], select(*(changed.c[c.name] for c in alert_episodes.c))
+    )
+    upserted = upsert.on_conflict_do_update(
+        index_elements=["rule", "app_id", "target"],
+        set_={name: upsert.excluded[name] for name in _EPISODE_STATE},
+    ).cte("upserted")
+    event_columns = [c for c in alert_events.c if c.name != "id"]
+    events = _recordset("events", *event_columns)
+    stored = (
+        postgresql.insert(alert_events)
+        .from_select(
+            [c.name for c in event_columns],
+            select(*(events.c[c.name] for c in event_columns)).order_by(events.c.position),
+        )
+        .on_conflict_do_nothing()
+        .returning(alert_events.c.id, alert_events.c.dedupe_key)
+        .cte("stored")
+    )
+    queued_columns = ("channel", "recipient", "state", "created_at", "not_before")
+    queued = _recordset(
+        "queued", alert_events.c.dedupe_key, *(notifications.c[name] for name in queued_columns)
+    )
+    notified = (
+        postgresql.insert(notifications)
+        .from_select(
+            ["event_id", *queued_columns],
+            select(stored.c.id, *(queued.c[name] for name in queued_columns))
+            .join(queued, queued.c.dedupe_key == stored.c.dedupe_key)
+            .order_by(queued.c.position),
+        )
+        .cte("notified")
+    )
+    return select(stored.c.dedupe_key).add_cte(deleted, upserted, notified)
+
+
+_WRITE_ALL_POSTGRESQL = _write_all_postgresql()
+_WRITE = {"sqlite": _write_sqlite, "postgresql": _write_postgresql}
 
 
 def _silenced_by(

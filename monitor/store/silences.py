@@ -2,8 +2,8 @@
 
 A stored silence is a monitor.alerts.policy.Silence with an id, the time it was added and the
 time `silence expire` ended it, if it did. It is active at a time before its `until` when it
-was not expired by then; the alerts written in a snapshot's transaction read the active ones
-(store/alerting.py) through a SilenceCache, so that they are not read again for each.
+was not expired by then. The alerts a snapshot brings (store/alerting.py) are checked against
+the active ones as a SilenceCache read them, at most a few seconds before.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, and_, bindparam, or_, select, update
+from sqlalchemy import ColumnElement, Connection, and_, or_, select, update
 
 from monitor.alerts.policy import Silence
 from monitor.store.tables import silences as silences_table
@@ -83,11 +83,10 @@ def add(connection: Connection, silence: Silence, *, now: dt.datetime) -> int:
 
 def stored(connection: Connection, *, active_at: dt.datetime | None) -> list[StoredSilence]:
     """The silences active at `active_at`, or all of them when None; oldest first."""
-    if active_at is None:
-        rows = connection.execute(_ALL)
-    else:
-        rows = connection.execute(_ACTIVE, {"moment": active_at})
-    return [_stored(row) for row in rows]
+    query = select(silences_table).order_by(silences_table.c.id)
+    if active_at is not None:
+        query = query.where(_active(active_at))
+    return [_stored(row) for row in connection.execute(query)]
 
 
 def expire(connection: Connection, silence_id: int, *, now: dt.datetime) -> bool:
@@ -100,16 +99,11 @@ def expire(connection: Connection, silence_id: int, *, now: dt.datetime) -> bool
     return ended.rowcount == 1
 
 
-def _active(moment: Any) -> ColumnElement[bool]:
+def _active(moment: dt.datetime) -> ColumnElement[bool]:
     return and_(
         silences_table.c.until > moment,
         or_(silences_table.c.expired_at.is_(None), silences_table.c.expired_at > moment),
     )
-
-
-# Read in the transaction of every snapshot that has alerts: built once.
-_ALL = select(silences_table).order_by(silences_table.c.id)
-_ACTIVE = _ALL.where(_active(bindparam("moment", type_=silences_table.c.until.type)))
 
 
 def _text(values: Collection[str]) -> str:

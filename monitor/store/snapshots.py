@@ -45,7 +45,7 @@ from monitor.store import apps as app_writes
 from monitor.store.apps import AppCache, Known
 from monitor.store.results import AlertsWritten, SnapshotWrite, TrackedRankChange
 from monitor.store.silences import StoredSilence
-from monitor.store.sql import insert_ignoring_conflicts, per_dialect
+from monitor.store.sql import insert_ignoring_conflicts, json_ready, per_dialect
 from monitor.store.tables import app_ranks, apps, fetch_log, snapshots
 
 _ERROR_MESSAGE_CHARS = 2_000
@@ -359,7 +359,7 @@ def _insert(
             {
                 **values,
                 "listed": listed,
-                "fetches": [_as_json(log_row) for log_row in log_rows],
+                "fetches": [json_ready(log_row) for log_row in log_rows],
             },
         ).first()
         return None if row is None else (row.id, _tracked_by_id(row.tracked))
@@ -382,13 +382,6 @@ def _insert(
 
 def _tracked_by_id(tracked_json: str | None) -> dict[int, str]:
     return {int(app_id): store_id for app_id, store_id in json.loads(tracked_json or "{}").items()}
-
-
-def _as_json(row: dict[str, Any]) -> dict[str, Any]:
-    return {
-        name: value.isoformat() if isinstance(value, dt.datetime) else value
-        for name, value in row.items()
-    }
 
 
 def write_unchanged(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
@@ -49,6 +50,14 @@ def json_rows(dialect: str, *columns: ColumnElement[Any]) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return cast(func.json_agg(func.json_build_array(*columns)), Text)
     return func.json_group_array(func.json_array(*columns))
+
+
+def json_ready(row: dict[str, Any]) -> dict[str, Any]:
+    """A row to pass in a JSON parameter (PostgreSQL's json_to_recordset): times as ISO text."""
+    return {
+        name: value.isoformat() if isinstance(value, dt.datetime) else value
+        for name, value in row.items()
+    }
 
 
 def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
