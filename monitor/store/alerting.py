@@ -2,12 +2,12 @@
 
 Run for a new snapshot that is the chart's latest. It reads the chart's alert episodes and
 glitch hold (unless this process wrote them last and kept them: ChartAlertMemory), evaluates
-the rules (monitor.alerts.evaluation, pure), and writes the episodes,
-the events and their notifications in the same transaction as the snapshot: a snapshot is
-stored with exactly its alerts, or not at all. Snapshots that arrive late, failed polls and
-unchanged ones evaluate nothing. An event that a silence holds back (one of the settings, or
-one added with `silence add` and active when the event is written, as the caller read them)
-is stored, and not queued.
+the rules (monitor.alerts.evaluation, pure), and writes the episodes, the events and their
+notifications in the same transaction as the snapshot (on PostgreSQL in one statement, since
+each is a round trip): a snapshot is stored with exactly its alerts, or not at all.
+Snapshots that arrive late, failed polls and unchanged ones evaluate nothing. An event that a
+silence holds back (one of the settings, or one added with `silence add` and active when the
+event is written, as the caller read them) is stored, and not queued.
 
 Breadth episodes span the charts of one kind (every country's Top Free iPhone): on
 PostgreSQL, writers of such charts take a transaction lock on the kind first, so that two
@@ -446,11 +446,17 @@ _DELETE_EPISODE = delete(alert_episodes).where(
     alert_episodes.c.app_id == bindparam("app_id"),
     alert_episodes.c.target == bindparam("target"),
 )
-_EPISODE_STATE = ("since", "polls", "firing", "notified_at")
-_UPSERT_EPISODES = (insert := sqlite.insert(alert_episodes)).on_conflict_do_update(
-    index_elements=["rule", "app_id", "target"],
-    set_={name: insert.excluded[name] for name in _EPISODE_STATE},
-)
+
+
+def _upserting_episodes(insert: postgresql.Insert | sqlite.Insert) -> Any:
+    """`insert` of episode rows, updating the state of those that exist."""
+    return insert.on_conflict_do_update(
+        index_elements=["rule", "app_id", "target"],
+        set_={name: insert.excluded[name] for name in ("since", "polls", "firing", "notified_at")},
+    )
+
+
+_UPSERT_EPISODES = _upserting_episodes(sqlite.insert(alert_episodes))
 _INSERT_EVENTS = insert_ignoring_conflicts(alert_events, "sqlite").returning(
     alert_events.c.dedupe_key, alert_events.c.id
 )
@@ -491,12 +497,11 @@ def _write_all_postgresql() -> Select[Any]:
     ended = _recordset("ended", *key)
     deleted = delete(alert_episodes).where(*(c == ended.c[c.name] for c in key)).cte("deleted")
     changed = _recordset("episodes", *alert_episodes.c)
-    upsert = postgresql.insert(alert_episodes).from_select(
-        [c.name for c in alert_episodes.c], select(*(changed.c[c.name] for c in alert_episodes.c))
-    )
-    upserted = upsert.on_conflict_do_update(
-        index_elements=["rule", "app_id", "target"],
-        set_={name: upsert.excluded[name] for name in _EPISODE_STATE},
+    upserted = _upserting_episodes(
+        postgresql.insert(alert_episodes).from_select(
+            [c.name for c in alert_episodes.c],
+            select(*(changed.c[c.name] for c in alert_episodes.c)),
+        )
     ).cte("upserted")
     event_columns = [c for c in alert_events.c if c.name != "id"]
     events = _recordset("events", *event_columns)
