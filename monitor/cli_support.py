@@ -83,9 +83,9 @@ def settings_of(ctx: click.Context) -> Settings:
     return state.settings
 
 
-def open_or_fail(settings: Settings, *, writer: bool) -> Database:
+def open_or_fail(settings: Settings, *, writer: bool, exclusive: bool = True) -> Database:
     try:
-        return open_database(settings.database.url, writer=writer)
+        return open_database(settings.database.url, writer=writer, exclusive=exclusive)
     except MonitorError as exc:
         raise CommandFailed(str(exc)) from None
 
@@ -99,15 +99,15 @@ def reading(settings: Settings) -> Iterator[Repository]:
 
 @contextlib.contextmanager
 def writing(settings: Settings) -> Iterator[Repository]:
-    """A repository for a command that changes a few rows (silences); like `reading`, it
-    refuses a database without the schema."""
-    with _migrated(settings, writer=True) as database:
+    """A repository for a command that changes a few rows (silences), also while the service
+    runs on the same SQLite file; like `reading`, it refuses a database without the schema."""
+    with _migrated(settings, writer=True, exclusive=False) as database:
         yield Repository(database)
 
 
 @contextlib.contextmanager
-def _migrated(settings: Settings, *, writer: bool) -> Iterator[Database]:
-    with open_or_fail(settings, writer=writer) as database:
+def _migrated(settings: Settings, *, writer: bool, exclusive: bool = True) -> Iterator[Database]:
+    with open_or_fail(settings, writer=writer, exclusive=exclusive) as database:
         with quiet_alembic():
             revision = current_revision(database)
         if revision is None:

@@ -121,7 +121,7 @@ def test_read_commands_on_a_postgresql_database_without_schema_exit_2_asking_for
 
 
 @pytest.mark.slow
-def test_a_second_writer_is_refused_while_run_holds_the_sqlite_file_and_readers_work_beside_it(
+def test_while_run_holds_the_sqlite_file_writers_are_refused_and_readers_and_silences_work(
     tmp_path: Path, sqlite_url: str
 ) -> None:
     port = free_port()
@@ -143,6 +143,11 @@ def test_a_second_writer_is_refused_while_run_holds_the_sqlite_file_and_readers_
             history = deployed.json("history", "--app", "deepseek")
             chart = deployed.json("chart", "--country", "us", "--collection", "top_free")
             apps = table(ok(deployed.run("apps")).stdout)
+            # Silences are managed while the service runs: SQLite's lock lets them take turns.
+            ok(deployed.run("silence", "add", "--for", "1h", "--app", "DeepSeek"))
+            listed = deployed.json("silence", "list")
+            expired = deployed.run("silence", "expire", str(listed[0]["id"]))
+            after_expiry = deployed.json("silence", "list")
 
             service.send_signal(signal.SIGTERM)
             output, _ = service.communicate(timeout=15)
@@ -155,7 +160,8 @@ def test_a_second_writer_is_refused_while_run_holds_the_sqlite_file_and_readers_
 
     message = (
         f"{deployed.sqlite_file} is already used by another writer (pid {service.pid}). "
-        "Stop that process, or use read-only commands (history, chart, apps) beside it."
+        "Stop that process, or use read-only commands (history, chart, apps) or `silence` "
+        "beside it."
     )
     assert second.returncode == 2, second.stderr
     assert second.stdout == ""
@@ -166,6 +172,9 @@ def test_a_second_writer_is_refused_while_run_holds_the_sqlite_file_and_readers_
     assert [p["rank"] for p in history] == [31]
     assert chart["entries"][30]["store_id"] == DEEPSEEK["id"]
     assert {row["store_id"]: row["best_rank"] for row in apps}[DEEPSEEK["id"]] == "31"
+    assert [silence["apps"] for silence in listed] == [["DeepSeek"]]
+    assert expired.exit_code == 0, expired.output
+    assert after_expiry == []
 
     assert service.returncode == 0, output
     assert after.exit_code == 0, after.output

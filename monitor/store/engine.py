@@ -4,7 +4,9 @@ SQLite: WAL (readers never block the writer nor the reverse), synchronous=NORMAL
 checkpoints, fast commits), a 5 s busy timeout, foreign keys on, and every transaction of a
 writer opened with BEGIN IMMEDIATE so that two writers queue at BEGIN instead of failing with
 "database is locked" when a read transaction tries to upgrade. One writer process per file,
-enforced by an OS lock on `<file>.lock` (released by the kernel if the process dies).
+enforced by an OS lock on `<file>.lock` (released by the kernel if the process dies). A
+command that changes a few rows of its own (silences) writes beside it without that lock
+(`exclusive=False`): SQLite's lock makes its one transaction take turns with the writer's.
 Readers run with `query_only` so a read-only command can never write beside the writer.
 
 PostgreSQL: psycopg 3, connections that survive a server restart, UTC sessions and
@@ -81,11 +83,13 @@ class Database:
         return f"<Database {self.display_url} {role}>"
 
 
-def open_database(url: str, *, writer: bool) -> Database:
-    """Open a SQLite file or a PostgreSQL database; raises DatabaseLocked or StoreError."""
+def open_database(url: str, *, writer: bool, exclusive: bool = True) -> Database:
+    """Open a SQLite file or a PostgreSQL database; raises DatabaseLocked or StoreError.
+    `exclusive`: a SQLite writer is the file's one writer process (not for a command that
+    writes rows no writer caches, beside a running service)."""
     parsed = _parse(url)
     if parsed.get_backend_name() == "sqlite":
-        return _open_sqlite(parsed, writer=writer)
+        return _open_sqlite(parsed, writer=writer, exclusive=exclusive)
     return _open_postgres(parsed, writer=writer)
 
 
@@ -103,12 +107,12 @@ def _parse(url: str) -> URL:
     return parsed
 
 
-def _open_sqlite(url: URL, *, writer: bool) -> Database:
+def _open_sqlite(url: URL, *, writer: bool, exclusive: bool) -> Database:
     if not url.database or url.database == ":memory:" or url.query.get("mode") == "memory":
         raise StoreError("an in-memory SQLite database is not supported: give a file path")
     path = Path(url.database).expanduser().absolute()
     lock: _WriterLock | None = None
-    if writer:
+    if writer and exclusive:
         path.parent.mkdir(parents=True, exist_ok=True)
         lock = _WriterLock.acquire(path)
     elif not path.exists():
@@ -209,7 +213,8 @@ class _WriterLock:
             handle.close()
             raise DatabaseLocked(
                 f"{database_path} is already used by another writer (pid {holder}). "
-                "Stop that process, or use read-only commands (history, chart, apps) beside it."
+                "Stop that process, or use read-only commands (history, chart, apps) or "
+                "`silence` beside it."
             ) from None
         except BaseException:
             handle.close()

@@ -14,13 +14,14 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import OperationalError
 
+from monitor.alerts.policy import Silence
 from monitor.errors import DatabaseLocked, StoreError
 from monitor.store import engine
 from monitor.store.engine import open_database
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
 
-from .conftest import T0, US_FREE
+from .conftest import HOUR, T0, US_FREE
 
 HOLD_WRITER = textwrap.dedent(
     """
@@ -63,7 +64,7 @@ def test_second_sqlite_writer_is_refused_with_the_holders_pid(
 
     message = str(refused.value)
     assert f"is already used by another writer (pid {writer_process})" in message
-    assert "use read-only commands (history, chart, apps) beside it" in message
+    assert "use read-only commands (history, chart, apps) or `silence` beside it" in message
 
 
 def test_reader_works_beside_a_running_writer(sqlite_url: str, writer_process: int) -> None:
@@ -71,6 +72,23 @@ def test_reader_works_beside_a_running_writer(sqlite_url: str, writer_process: i
         status = Repository(database).schedule_status(now=T0)
 
     assert status.enabled == 1
+
+
+def test_a_writer_of_a_few_rows_takes_turns_with_a_running_writer(
+    sqlite_url: str, writer_process: int
+) -> None:
+    with open_database(sqlite_url, writer=True, exclusive=False) as database:
+        silence_id = Repository(database).add_silence(Silence(until=T0 + HOUR), now=T0)
+
+    with open_database(sqlite_url, writer=False) as database:
+        assert [s.id for s in Repository(database).silences(active_at=T0)] == [silence_id]
+
+
+def test_a_writer_of_a_few_rows_does_not_create_a_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match="migrate"):
+        open_database(f"sqlite:///{tmp_path / 'absent.sqlite3'}", writer=True, exclusive=False)
+
+    assert not (tmp_path / "absent.sqlite3").exists()
 
 
 def test_writer_lock_is_released_on_close(sqlite_url: str) -> None:
