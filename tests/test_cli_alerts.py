@@ -250,7 +250,8 @@ def test_silence_commands_need_a_migrated_database(tmp_path: Path, sqlite_url: s
 
     assert listed.exit_code == added.exit_code == 2
     assert "run `app-rank-monitor migrate` first" in listed.stderr
-    assert "has no schema: run `app-rank-monitor migrate`" in added.stderr
+    assert "run `app-rank-monitor migrate` first" in added.stderr
+    assert not deployed.sqlite_file.exists()
 
 
 def test_an_event_a_silence_matches_is_listed_as_silenced_and_sent_to_nobody(
