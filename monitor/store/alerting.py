@@ -54,7 +54,14 @@ from monitor.model import ChartKey, Store
 from monitor.store import packing, silences
 from monitor.store.queries import latest_of_chart
 from monitor.store.results import AlertsWritten
-from monitor.store.sql import among, insert_ignoring_conflicts, json_ready, json_rows, per_dialect
+from monitor.store.sql import (
+    among,
+    insert_ignoring_conflicts,
+    json_ready,
+    json_recordset,
+    json_rows,
+    per_dialect,
+)
 from monitor.store.tables import (
     alert_episodes,
     alert_events,
@@ -478,13 +485,8 @@ def _write_postgresql(connection: Connection, writes: _Writes) -> set[str]:
 
 
 def _recordset(name: str, *columns: Column[Any]) -> Any:
-    """`json_to_recordset(:name) AS name(column type, ..., position integer)`: the rows of a
-    JSON parameter as `_positioned` made them."""
-    return (
-        func.json_to_recordset(bindparam(name, type_=postgresql.JSON))
-        .table_valued(*(column(c.name, c.type) for c in columns), column("position", Integer))
-        .render_derived(name=name, with_types=True)
-    )
+    """The rows of a JSON parameter as `_positioned` made them: `columns` and their position."""
+    return json_recordset(name, *columns, column("position", Integer))
 
 
 def _positioned(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -30,7 +30,6 @@ from sqlalchemy import (
     and_,
     bindparam,
     cast,
-    column,
     func,
     select,
     true,
@@ -45,7 +44,7 @@ from monitor.store import apps as app_writes
 from monitor.store.apps import AppCache, Known
 from monitor.store.results import AlertsWritten, SnapshotWrite, TrackedRankChange
 from monitor.store.silences import StoredSilence
-from monitor.store.sql import insert_ignoring_conflicts, json_ready, per_dialect
+from monitor.store.sql import insert_ignoring_conflicts, json_ready, json_recordset, per_dialect
 from monitor.store.tables import app_ranks, apps, fetch_log, snapshots
 
 _ERROR_MESSAGE_CHARS = 2_000
@@ -187,11 +186,7 @@ def _insert_snapshot_ranks_and_log() -> Select[Any]:
         .on_conflict_do_nothing()
         .cte("ranked")
     )
-    fetched = (
-        func.json_to_recordset(bindparam("fetches", type_=postgresql.JSON))
-        .table_valued(*(column(c.name, c.type) for c in fetch_log.c))
-        .render_derived(name="fetched", with_types=True)
-    )
+    fetched = json_recordset("fetches", *fetch_log.c)
     logged = (
         postgresql.insert(fetch_log)
         .from_select([c.name for c in fetch_log.c], select(*fetched.c))

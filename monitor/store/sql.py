@@ -7,7 +7,18 @@ import logging
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from sqlalchemy import ColumnElement, Connection, Engine, Table, Text, any_, bindparam, cast, func
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Engine,
+    Table,
+    Text,
+    any_,
+    bindparam,
+    cast,
+    column,
+    func,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError
 
@@ -50,6 +61,17 @@ def json_rows(dialect: str, *columns: ColumnElement[Any]) -> ColumnElement[Any]:
     if dialect == "postgresql":
         return cast(func.json_agg(func.json_build_array(*columns)), Text)
     return func.json_group_array(func.json_array(*columns))
+
+
+def json_recordset(name: str, *columns: ColumnElement[Any]) -> Any:
+    """PostgreSQL: `json_to_recordset(:name) AS name(column type, ...)`, the rows of the JSON
+    parameter `name` (a list of objects, see json_ready) with the names and types of
+    `columns`: many rows in one parameter, for one statement that writes them all."""
+    return (
+        func.json_to_recordset(bindparam(name, type_=postgresql.JSON))
+        .table_valued(*(column(c.name, c.type) for c in columns))
+        .render_derived(name=name, with_types=True)
+    )
 
 
 def json_ready(row: dict[str, Any]) -> dict[str, Any]:
