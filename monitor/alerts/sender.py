@@ -24,6 +24,7 @@ from monitor.alerts.model import (
     RuleKind,
     Severity,
 )
+from monitor.crash_points import CrashPoint, crash_point
 from monitor.errors import DeliveryError
 from monitor.metrics import ServiceMetrics
 from monitor.store.outbox import OutboxItem, OutboxMessage
@@ -104,6 +105,7 @@ class OutboxSender:
                 raise DeliveryError(f"no {message.channel} channel is configured", permanent=True)
             notification = await asyncio.to_thread(self._notification, message)
             await channel.deliver(notification)
+            crash_point(CrashPoint.MESSAGE_ACCEPTED)
         except DeliveryError as exc:
             error = exc
         now = self._clock()

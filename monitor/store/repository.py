@@ -18,6 +18,7 @@ from sqlalchemy import Connection
 
 from monitor.alerts.model import RankSeries
 from monitor.alerts.policy import AlertPolicy, Silence
+from monitor.crash_points import CrashPoint, crash_point
 from monitor.model import (
     ChartKey,
     ChartSnapshot,
@@ -185,6 +186,7 @@ class Repository:
                 added_silences=added_silences,
             ),
         )
+        crash_point(CrashPoint.SNAPSHOT_COMMITTED)
         self._apps.update(claim.chart.store, written.apps)
         self._latest.put(claim, written.latest)
         self._analyzer.grew(self._engine, written.result.new_apps)

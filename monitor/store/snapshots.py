@@ -38,6 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.dialects import postgresql
 
 from monitor.alerts.policy import AlertPolicy
+from monitor.crash_points import CrashPoint, crash_point
 from monitor.model import ChartSnapshot, FetchOutcome, FetchRecord, PollClaim, Validators
 from monitor.store import alerting, derived, packing, schedule
 from monitor.store import apps as app_writes
@@ -292,6 +293,7 @@ def write_snapshot(
         return Written(SnapshotWrite(stored=False, snapshot_id=existing), {}, None)
 
     snapshot_id, tracked = inserted
+    crash_point(CrashPoint.SNAPSHOT_INSERTED)
     before = packing.ranks_of(previous.ranked_app_ids, tracked) if previous else {}
     after = packing.ranks_of(ranked, tracked)
     changes = tuple(
