@@ -7,6 +7,7 @@ unreachable, they skip with the reason, except under CI=true where that is a fai
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Iterator
@@ -77,9 +78,28 @@ def database_url(request: pytest.FixtureRequest) -> str:
     return url
 
 
+@contextlib.contextmanager
+def migrated(url: str) -> Iterator[Database]:
+    """The database at `url`, opened as its writer and migrated to the newest schema."""
+    with open_database(url, writer=True) as db:
+        upgrade(db)
+        yield db
+
+
 @pytest.fixture
 def database(database_url: str) -> Iterator[Database]:
     """A migrated database, on SQLite and on PostgreSQL (see `database_url`)."""
-    with open_database(database_url, writer=True) as db:
-        upgrade(db)
+    with migrated(database_url) as db:
         yield db
+
+
+@pytest.fixture
+def sqlite_database(sqlite_url: str) -> Iterator[Database]:
+    """A migrated SQLite database, for what only one backend needs to show."""
+    with migrated(sqlite_url) as db:
+        yield db
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the service runs on asyncio (asyncio.timeout, to_thread)

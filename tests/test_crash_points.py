@@ -35,9 +35,7 @@ def reach_three_times(spec: str | None) -> subprocess.CompletedProcess[str]:
     ("spec", "steps_done"),
     [("after-snapshot-insert", 0), ("after-snapshot-commit:2", 1), ("after-snapshot-insert:3", 2)],
 )
-def test_the_process_exits_at_the_nth_time_the_point_is_reached(
-    spec: str, steps_done: int
-) -> None:
+def test_the_process_exits_at_the_nth_time_the_point_is_reached(spec: str, steps_done: int) -> None:
     result = reach_three_times(spec)
     assert result.returncode == CRASH_EXIT_STATUS
     assert result.stdout.split() == [str(step) for step in range(steps_done)]

@@ -17,11 +17,6 @@ from monitor.web import Readiness, create_app
 pytestmark = pytest.mark.anyio
 
 
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
 class Checks:
     """A readiness source whose answer the test changes, and that counts how often it is asked."""
 

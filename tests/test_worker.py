@@ -48,11 +48,6 @@ US_GROSSING = ChartKey(Store.APPLE, "us", Collection.TOP_GROSSING, Device.IPHONE
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
 def apple() -> Iterator[ScriptedServer]:
     with apple_server() as server:
         yield server

@@ -42,11 +42,6 @@ OK = Response(200, b'{"feed": {}}', {"Content-Type": "application/json"})
 
 
 @pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the client uses asyncio.timeout
-
-
-@pytest.fixture
 def server() -> Iterator[ScriptedServer]:
     with ScriptedServer() as server:
         yield server

@@ -49,6 +49,10 @@ class FakeAppleCharts:
         """Body for a request path, or None when the path is not a chart feed."""
         poll = self._requests.get(path, 0)
         self._requests[path] = poll + 1
+        return self.payload(path, poll)
+
+    def payload(self, path: str, poll: int) -> bytes | None:
+        """Body for a request path at the given poll (0 first), or None as `respond`."""
         if match := _V2_PATH.match(path):
             apps = self.chart(match["cc"], match["feed"], poll)[: int(match["n"])]
             return self.v2_payload(match["cc"], match["feed"], apps)

@@ -74,3 +74,15 @@ def running(command: list[str], **kwargs: Any) -> Iterator[Running]:
             process.kill()
             started.output, _ = process.communicate()
         print(started.output)
+
+
+def memory_bytes(pid: int, field: str) -> int:
+    """A memory figure of a running process from /proc/<pid>/status, in bytes: `VmRSS` (now)
+    or `VmHWM` (its peak resident set so far)."""
+    for line in Path(f"/proc/{pid}/status").read_text(encoding="ascii").splitlines():
+        name, _, value = line.partition(":")
+        if name == field:
+            number, unit = value.split()
+            assert unit == "kB", line
+            return int(number) * 1024
+    raise AssertionError(f"no {field} in /proc/{pid}/status")

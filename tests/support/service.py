@@ -14,6 +14,7 @@ environment is the test's own without MONITOR_* variables, so only the config fi
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import sys
@@ -40,10 +41,13 @@ def write_config(
     smtp_port: int | None = None,
     extra: str = "",
     name: str = "monitor",
+    overrides: Mapping[str, Mapping[str, TomlValue]] | None = None,
 ) -> Path:
     """A config polling `feeds` for the US and GB top free and top paid charts every 3 s,
     with no request budget; `extra` is TOML appended as is (rules, overrides of other
-    sections). With `smtp_port`, alerts go to ops@example.com through 127.0.0.1."""
+    sections). With `smtp_port`, alerts go to ops@example.com through 127.0.0.1.
+    `overrides` sets keys of the sections written here, e.g.
+    `{"poll": {"lease": "12s"}, "charts": {"storefronts": ["us"]}}`."""
     config = directory / f"{name}.toml"
     smtp = (
         f"""
@@ -90,7 +94,36 @@ def write_config(
         + textwrap.dedent(extra),
         encoding="utf-8",
     )
+    if overrides:
+        _override(config, overrides)
     return config
+
+
+TomlValue = str | int | float | bool | list[str]
+# `overrides={"fetch": ONE_SHORT_FETCH}`: one attempt of at most 2 s per fetch, so that the
+# [poll] lease may be as short as 3 s (it must outlast the longest fetch).
+ONE_SHORT_FETCH: dict[str, TomlValue] = {
+    "max_attempts": 1,
+    "deadline_seconds": 2,
+    "connect_timeout_seconds": 1,
+    "read_timeout_seconds": 2,
+}
+
+
+def _override(config: Path, overrides: Mapping[str, Mapping[str, TomlValue]]) -> None:
+    """Set keys in the sections of `config` (each section must be in it already)."""
+    lines = config.read_text(encoding="utf-8").splitlines()
+    for section, values in overrides.items():
+        header = lines.index(f"[{section}]")
+        end = next(
+            (i for i in range(header + 1, len(lines)) if lines[i].startswith("[")), len(lines)
+        )
+        body = [
+            line for line in lines[header + 1 : end] if line.partition("=")[0].strip() not in values
+        ]
+        body += [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+        lines[header + 1 : end] = [*body, ""]
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 def http_port(config: Path) -> int:
