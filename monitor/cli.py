@@ -15,7 +15,7 @@ from pathlib import Path
 
 import click
 
-from monitor import __version__, cli_alerts, cli_queries, cli_silences
+from monitor import __version__, cli_alerts, cli_fetches, cli_queries, cli_silences
 from monitor.cli_support import (
     FORMAT_OPTION,
     CliState,
@@ -187,6 +187,7 @@ for command in (
     cli_queries.history,
     cli_queries.chart,
     cli_queries.apps,
+    cli_fetches.fetches,
     cli_alerts.alerts,
     cli_silences.silence,
 ):

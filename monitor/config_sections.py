@@ -41,6 +41,7 @@ from monitor.config_types import (
     is_mail_address,
     redact_url_password,
 )
+from monitor.model import lease_margin_seconds
 from monitor.sources.catalog import MAX_DEPTH
 
 Where = Callable[[Loc], str]
@@ -258,13 +259,16 @@ def relations(fetch: FetchSettings, poll: PollSettings, where: Where) -> list[st
             f"({where(('poll', 'interval'))})"
         )
     worst = fetch.worst_case_fetch_seconds()
-    if poll.lease.total_seconds() <= worst:
+    margin = lease_margin_seconds(poll.lease)
+    if poll.lease.total_seconds() - margin <= worst:
         # A lease that runs out mid-fetch hands the chart to another worker: the fetch is
-        # done twice and the first result is thrown away by the fencing token.
+        # done twice and the first result is thrown away by the fencing token. (Fetching
+        # stops `margin` before the lease ends, so it would be cut short even earlier.)
         problems.append(
             f"{where(('poll', 'lease'))}: [poll] lease = {format_duration(poll.lease)}: must "
             f"exceed the longest fetch of one chart, {worst:g}s = max_attempts "
             f"({where(('fetch', 'max_attempts'))}) x deadline_seconds "
-            f"({where(('fetch', 'deadline_seconds'))}) + the backoff sleeps between attempts"
+            f"({where(('fetch', 'deadline_seconds'))}) + the backoff sleeps between attempts, "
+            f"by the {margin:g}s kept to record the outcome"
         )
     return problems

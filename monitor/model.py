@@ -223,6 +223,18 @@ class PollClaim:
     last_source: SourceName | None
 
 
+# Fetching stops this long before a poll lease expires, to leave time to record the outcome;
+# a short lease keeps this share of itself instead (a fixed margin longer than the lease would
+# fail every poll before its first request).
+LEASE_MARGIN_SECONDS = 10.0
+LEASE_MARGIN_SHARE = 0.2
+
+
+def lease_margin_seconds(lease: dt.timedelta) -> float:
+    """How long before `lease` runs out a poll stops fetching."""
+    return min(LEASE_MARGIN_SECONDS, LEASE_MARGIN_SHARE * lease.total_seconds())
+
+
 @dataclasses.dataclass(frozen=True)
 class FetchRecord:
     """What one poll attempt of one chart did, as written to the fetch log."""
@@ -238,3 +250,6 @@ class FetchRecord:
     body_bytes: int | None = None
     error_class: str | None = None
     error_message: str | None = None
+    # The head of a body that arrived but was no chart (not JSON, the wrong shape, no
+    # entries): what the feed served instead, for debugging. None for every other fetch.
+    body_sample: bytes | None = None

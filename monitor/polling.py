@@ -31,6 +31,7 @@ from monitor.model import (
     PollClaim,
     SourceName,
     Validators,
+    lease_margin_seconds,
 )
 from monitor.sources.catalog import FeedEndpoints, FeedRequest, feed_requests
 from monitor.sources.http import FeedClient, FetchResult
@@ -41,8 +42,12 @@ from monitor.store.results import AlertsWritten
 log = logging.getLogger(__name__)
 
 ERROR_MESSAGE_LIMIT = 500
-# Stop fetching this long before the lease expires, to leave time to record the outcome.
-LEASE_MARGIN_SECONDS = 10.0
+# How much of a body that arrived but was no chart the fetch log keeps. Its head is what tells
+# an HTML error page, a captive portal or a changed JSON shape apart (the parser's message
+# gives where the rest went wrong, body_bytes its length); 2 KiB holds an error page's title
+# and the first entry of a feed, and keeps a chart failing every 5 minutes on both feeds
+# under 1.2 MB of log a day.
+BODY_SAMPLE_BYTES = 2048
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +56,7 @@ class PollSettings:
     prefer_v2: bool
     interval: dt.timedelta
     failure_retry: dt.timedelta
+    lease: dt.timedelta
 
 
 @dataclasses.dataclass(frozen=True)
@@ -172,7 +178,8 @@ class Poller:
         self, claim: PollClaim, request: FeedRequest, validators: Validators | None
     ) -> FetchResult:
         """Fetch, giving up before the lease runs out: past it another worker may own the chart."""
-        left = (claim.lease_expires_at - self._clock()).total_seconds() - LEASE_MARGIN_SECONDS
+        left = (claim.lease_expires_at - self._clock()).total_seconds()
+        left -= lease_margin_seconds(self._settings.lease)
         try:
             async with asyncio.timeout(max(left, 0.0)):
                 return await self._client.fetch(request.url, validators)
@@ -295,7 +302,8 @@ class Poller:
         attempt_started: dt.datetime,
         attempt_clock: float,
     ) -> FetchRecord:
-        """The failed attempt; when the body arrived but did not parse, its HTTP facts too."""
+        """The failed attempt; when the body arrived but did not parse, its HTTP facts and
+        the head of the body too."""
         record = FetchRecord(
             chart=chart,
             started_at=attempt_started,
@@ -316,4 +324,5 @@ class Poller:
             http_status=fetched.status,
             attempts=fetched.attempts,
             body_bytes=len(fetched.body),
+            body_sample=fetched.body[:BODY_SAMPLE_BYTES],
         )

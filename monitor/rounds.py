@@ -73,14 +73,21 @@ class PollRounds:
         self._in_flight: dict[asyncio.Task[PollResult], PollClaim] = {}
         self._fetching: set[int] = set()  # chart ids of the in-flight polls still fetching
         self._progressed = asyncio.Event()  # a poll ended or gave its fetch slot back
+        # A tick came while a round ran: charts may have come due since it last claimed.
+        self._ticked = False
 
     @property
     def running(self) -> bool:
         return self._current is not None and not self._current.done()
 
     async def tick(self) -> None:
-        """Start a round unless one is still running (a long round simply continues)."""
-        if self._stopping or self.running:
+        """Start a round unless one is still running: a long round simply continues, and
+        claims the charts that came due meanwhile (one slow chart holds up no other)."""
+        if self._stopping:
+            return
+        if self.running:
+            self._ticked = True
+            self._progressed.set()
             return
         self._current = asyncio.create_task(self.run_round())
         self._current.add_done_callback(self._round_ended)
@@ -119,8 +126,11 @@ class PollRounds:
             if not (self._in_flight or ready or claiming):
                 break
             await self._progressed.wait()
+            if self._ticked and charts is None:
+                self._ticked = False
+                more_to_claim = True
             if claiming is not None and claiming.done():
-                claims = claiming.result()
+                claims = self._claimed(claiming)
                 claiming = None
                 ready.extend(claims)
                 # Fewer due charts than asked for: every due chart is claimed now.
@@ -178,6 +188,18 @@ class PollRounds:
                 errors += 1
                 log.exception("poll of %s crashed", claim.chart, extra={"chart": claim.chart.slug})
         return results, errors
+
+    def _claimed(self, claiming: asyncio.Task[list[PollClaim]]) -> list[PollClaim]:
+        """The charts a finished claim leased; none when the database failed it. The round
+        goes on without claiming more: the polls in flight finish, and their outcomes are
+        collected and reported (failing ones too, if the database is down); a later round
+        claims what this one could not."""
+        try:
+            return claiming.result()
+        except StoreError as exc:
+            self._metrics.database_error(DatabaseOperation.ROUND)
+            log.error("poll round: could not claim charts: %s", exc)
+            return []
 
     async def _claim(self, limit: int, charts: Sequence[ChartKey] | None) -> list[PollClaim]:
         return await asyncio.to_thread(

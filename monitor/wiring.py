@@ -127,6 +127,7 @@ async def polling(
                 prefer_v2=settings.poll.prefer_v2,
                 interval=settings.poll.interval,
                 failure_retry=min(FAILURE_RETRY, settings.poll.interval),
+                lease=settings.poll.lease,
             ),
             clock=utc_now,
             metrics=metrics,

@@ -14,7 +14,7 @@ import datetime as dt
 import json
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
@@ -23,6 +23,8 @@ from sqlalchemy import func, select
 from monitor.errors import LeaseLost
 from monitor.metrics import ServiceMetrics
 from monitor.model import (
+    LEASE_MARGIN_SECONDS,
+    LEASE_MARGIN_SHARE,
     ChartKey,
     Collection,
     Device,
@@ -33,12 +35,11 @@ from monitor.model import (
     Store,
     WatchedApp,
 )
-from monitor.polling import LEASE_MARGIN_SECONDS, Poller, PollResult, PollSettings
+from monitor.polling import Poller, PollResult, PollSettings
 from monitor.rounds import PollRounds
 from monitor.sources.catalog import FeedEndpoints
 from monitor.sources.http import FeedClient, HttpSettings
-from monitor.store.engine import Database, open_database
-from monitor.store.migrate import upgrade
+from monitor.store.engine import Database
 from monitor.store.repository import Repository
 from monitor.store.tables import charts, fetch_log, poll_tasks, snapshots
 from monitor.wiring import utc_now
@@ -83,31 +84,6 @@ def legacy_path(chart: ChartKey) -> str:
 def grossing(*countries: str) -> list[ChartKey]:
     """Charts only the legacy feed serves: exactly one request path each."""
     return [ChartKey(Store.APPLE, cc, Collection.TOP_GROSSING, Device.IPHONE) for cc in countries]
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"  # the poller and the client use asyncio.timeout
-
-
-@contextlib.contextmanager
-def migrated(url: str) -> Iterator[Database]:
-    with open_database(url, writer=True) as database:
-        upgrade(database)
-        yield database
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    """A migrated database, once on SQLite and once on PostgreSQL."""
-    with migrated(database_url) as database:
-        yield database
-
-
-@pytest.fixture
-def sqlite_database(sqlite_url: str) -> Iterator[Database]:
-    with migrated(sqlite_url) as database:
-        yield database
 
 
 class AppleFeeds:
@@ -246,6 +222,8 @@ async def harness(
     http: HttpSettings | None = None,
     scheduled_at: dt.datetime | None = None,
     repository: Repository | None = None,
+    lease: dt.timedelta = LEASE,
+    random: Callable[[], float] = lambda: 0.0,
 ) -> AsyncIterator[Harness]:
     """Schedule `chart_keys` (due at `scheduled_at`, default now), track DeepSeek, and wire a
     poller the way monitor.wiring does, with both feeds on `server` and `repository` (default:
@@ -253,14 +231,15 @@ async def harness(
     repository = repository or Repository(database)
     repository.sync_charts(chart_keys, now=scheduled_at or utc_now())
     repository.sync_watchlist([WatchedApp(Store.APPLE, DEEPSEEK_ID, "DeepSeek")])
-    # random() = 0: full-jitter backoff sleeps nothing, so a retry storm costs no time.
+    # random() = 0 by default: full-jitter backoff sleeps nothing, so a retry storm costs no
+    # time; random() = 1 makes every backoff its cap, for a test that times them.
     metrics = ServiceMetrics(
         poll_interval=interval,
         read_state=lambda now: repository.service_state(now=now),
         app_labels={},
         clock=utc_now,
     )
-    async with FeedClient(http or http_settings(), random=lambda: 0.0) as client:
+    async with FeedClient(http or http_settings(), random=random) as client:
         poller = Poller(
             client=client,
             repository=repository,
@@ -272,6 +251,7 @@ async def harness(
                 prefer_v2=True,
                 interval=interval,
                 failure_retry=min(FAILURE_RETRY, interval),
+                lease=lease,
             ),
             clock=utc_now,
             metrics=metrics,
@@ -568,6 +548,25 @@ async def test_a_fetch_gives_up_before_the_lease_runs_out_and_records_the_failur
     assert "lease" in attempt.error_message
     task = h.task(US_GROSSING)
     assert (task.consecutive_failures, task.lease_owner) == (1, None)
+
+
+async def test_a_lease_shorter_than_the_margin_keeps_most_of_itself_for_the_fetch(
+    sqlite_database: Database,
+) -> None:
+    # A 3 s lease for 2 s fetches is a valid configuration: the margin kept to record the
+    # outcome shrinks with the lease instead of eating all of it.
+    lease = dt.timedelta(seconds=3)
+    with ScriptedServer(fallback=lambda request: Response(200, b"{}", delay=60)) as stuck:
+        async with harness(sqlite_database, stuck, chart_keys=[US_GROSSING], lease=lease) as h:
+            claim = h.claim(US_GROSSING, lease=lease)
+            started = time.monotonic()
+            await h.poller.poll(claim)
+            took = time.monotonic() - started
+
+    (attempt,) = h.fetches(US_GROSSING)
+    assert attempt.error_class == "FetchTimeout"
+    assert len(stuck.requests) == 1
+    assert 3 * (1 - LEASE_MARGIN_SHARE) - 0.5 < took < 3
 
 
 async def test_a_poll_whose_lease_was_taken_over_writes_nothing(

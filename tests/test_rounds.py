@@ -26,6 +26,7 @@ from monitor.store.engine import Database
 from monitor.store.repository import Repository
 from monitor.store.tables import fetch_log, poll_tasks, snapshots
 from monitor.wiring import utc_now
+from tests.conftest import migrated
 from tests.support.http_server import Request, Response, ScriptedServer
 from tests.test_polling import (
     INTERVAL,
@@ -37,30 +38,12 @@ from tests.test_polling import (
     grossing,
     harness,
     legacy_path,
-    migrated,
 )
 
 pytestmark = pytest.mark.anyio
 
 COUNTRIES = ("us", "gb", "de", "fr", "jp", "ca")
 CHARTS = grossing(*COUNTRIES)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def database(database_url: str) -> Iterator[Database]:
-    with migrated(database_url) as database:
-        yield database
-
-
-@pytest.fixture
-def sqlite_database(sqlite_url: str) -> Iterator[Database]:
-    with migrated(sqlite_url) as database:
-        yield database
 
 
 class SlowFeeds:

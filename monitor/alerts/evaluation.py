@@ -26,7 +26,14 @@ class ChartUpdate:
     """What one successful poll of a chart tells the rules about the tracked apps.
 
     `ranks` holds every tracked app: its rank, or None below the visible `depth`. `previous`
-    is the same as of the chart's previous evaluated poll (None: this is the first).
+    is the same as of the chart's previous evaluated poll (None: this is the first), except
+    that an app that poll was too shallow to show keeps its last rank known.
+
+    An app not listed in a snapshot shallower than where it was (a chart served 37 entries
+    deep, the app last seen at #80), or than a top its rule asks about, is not known to have
+    gone anywhere: its rules neither start, continue nor end anything on the chart until a
+    snapshot deep enough tells.
+
     `past[window]` gives the ranks as of `at - window`, for the windows the rules use (a
     window is missing when no snapshot is that old). `countries[app]` gives the app's current
     rank in every watched country of this kind of chart (same collection, device and genre),
@@ -199,15 +206,30 @@ def _checks(
             if rule.kind is RuleKind.RIVAL_PASSED:
                 yield from _rival_checks(rule, app, apps, poll)
             elif rule.kind is RuleKind.BREADTH:
-                if update.countries is not None:
+                if update.countries is not None and not unknown(update, app, rule.top):
                     yield _breadth_check(rule, app, update.countries, poll)
             elif (check := _chart_check(rule, app, poll)) is not None:
                 yield check
 
 
+def unknown(update: ChartUpdate, app: AppRef, top: int | None = None) -> bool:
+    """Whether the app's place is unknown: not listed, in a snapshot shallower than its last
+    known rank or than `top` (so neither "out of the chart" nor "out of the top" is known)."""
+    if update.ranks[app] is not None:
+        return False
+    before = update.previous.get(app) if update.previous is not None else None
+    return (before is not None and before > update.depth) or (
+        top is not None and update.depth < top
+    )
+
+
 def _chart_check(rule: Rule, app: AppRef, poll: _Poll) -> _Check | None:
-    """The rule on the app on this chart; None when it neither holds nor ends anything."""
+    """The rule on the app on this chart; None when it neither holds nor ends anything, or
+    when the snapshot cannot tell (its episode is then left as it is)."""
     update = poll.update
+    top = rule.top if rule.kind in (RuleKind.ENTERED_TOP, RuleKind.LEFT_TOP) else None
+    if unknown(update, app, top):
+        return None
     active = poll.is_active(rule, app, poll.slug)
     now = update.ranks[app]
     before = update.previous.get(app) if update.previous is not None else None
@@ -281,12 +303,14 @@ def _entered(inside_now: bool, inside_before: bool | None, *, active: bool) -> b
 def _rival_checks(rule: Rule, app: AppRef, apps: Sequence[AppRef], poll: _Poll) -> Iterator[_Check]:
     """Only the pairs where something holds or ends: of n apps' n(n-1) pairs, nearly none."""
     update = poll.update
+    if unknown(update, app):
+        return
     now = update.ranks[app]
     before = update.previous.get(app) if update.previous is not None else None
     # Ahead of no rival can hold unless the app is listed, and in the top if the rule has one.
     may_hold = now is not None and (rule.top is None or in_top(now, rule.top))
     for rival in apps:
-        if rival == app or not rule.is_rival(rival):
+        if rival == app or not rule.is_rival(rival) or unknown(update, rival):
             continue
         target = f"{poll.slug}>{rival.store_id}"
         active = poll.is_active(rule, app, target)

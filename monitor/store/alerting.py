@@ -9,6 +9,11 @@ Snapshots that arrive late, failed polls and unchanged ones evaluate nothing. An
 silence holds back (one of the settings, or one added with `silence add` and active when the
 event is written, as the caller read them) is stored, and not queued.
 
+A baseline served shorter than asked (37 entries of 100) does not say where the apps below it
+went: each tracked app it leaves out is compared at its last known rank on the chart (its
+latest listing, unless a snapshot since was deep enough to show it gone), so that the next deep
+snapshot tells a drop-out, and a short one tells nothing about it (monitor.alerts.evaluation).
+
 Breadth episodes span the charts of one kind (every country's Top Free iPhone): on
 PostgreSQL, writers of such charts take a transaction lock on the kind first, so that two
 countries polled at once cannot both start the same episode.
@@ -83,6 +88,7 @@ class NewSnapshot:
     snapshot_id: int
     at: dt.datetime
     depth: int
+    requested_depth: int
     ranked: bytes
     previous_id: int | None
     previous_ranked: bytes | None
@@ -129,7 +135,13 @@ def evaluate_snapshot(
         app_id: _app_ref(policy, new.chart.store, store_id) for app_id, store_id in tracked.items()
     }
     ranks = _ranks(new.ranked, apps)
-    previous = None if baseline is None else _ranks(baseline, apps)
+    previous = None
+    if baseline is not None:
+        previous = _ranks(baseline.ranked, apps)
+        if len(packing.slots(baseline.ranked)) < new.requested_depth:
+            previous |= _last_known(
+                connection, dialect, new, baseline, apps=apps, previous=previous
+            )
     breadth = breadth_may_change(policy.rules, new.chart, ranks, previous)
     if breadth and dialect == "postgresql":
         connection.execute(select(func.pg_advisory_xact_lock(_lock_key(breadth_target(new.chart)))))
@@ -185,9 +197,15 @@ _HOLD = select(alert_holds.c.baseline_snapshot_id, alert_holds.c.held_snapshot_i
 )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Baseline:
+    snapshot_id: int
+    ranked: bytes
+
+
 def _baseline(
     connection: Connection, new: NewSnapshot, policy: AlertPolicy, hold: Hold | None
-) -> tuple[bytes | str | None, Hold | None]:
+) -> tuple[_Baseline | str | None, Hold | None]:
     """The ranking to compare the new snapshot with (None: the chart's first snapshot) or,
     when the new one is held back as a glitch, why; and the chart's hold after it."""
     share = policy.glitch_share
@@ -198,7 +216,7 @@ def _baseline(
             packing.slots(new.previous_ranked), packing.slots(new.ranked), share=share
         )
         if reason is None:
-            return new.previous_ranked, None
+            return _Baseline(new.previous_id, new.previous_ranked), None
         hold = Hold(new.previous_id, new.snapshot_id)
         connection.execute(
             alert_holds.insert().values(
@@ -224,7 +242,90 @@ def _baseline(
     # Confirmed (like the held one) or reverted (like the baseline): the change since the
     # baseline is what alerts are about.
     connection.execute(delete(alert_holds).where(alert_holds.c.chart_id == new.chart_id))
-    return baseline, None
+    return _Baseline(hold.baseline_snapshot_id, baseline), None
+
+
+def _last_known(
+    connection: Connection,
+    dialect: str,
+    new: NewSnapshot,
+    baseline: _Baseline,
+    *,
+    apps: Mapping[int, AppRef],
+    previous: Mapping[AppRef, int | None],
+) -> dict[AppRef, int]:
+    """The apps the baseline does not list because it was too shallow to show them, with
+    their last known rank: the one of their latest listing on the chart, when no snapshot
+    since was that deep. For a baseline shallower than the chart is asked for."""
+    wanted = [app_id for app_id, ref in apps.items() if previous[ref] is None]
+    if not wanted:
+        return {}
+    depth = connection.execute(_DEPTH_OF, {"snapshot_id": baseline.snapshot_id}).one()
+    if depth.visible_depth >= new.requested_depth:
+        return {}  # its last entries were dropped by policy: it is deep enough
+    listed = connection.execute(
+        _LAST_LISTED[dialect],
+        {"chart_id": new.chart_id, "app_ids": wanted, "snapshot_id": baseline.snapshot_id},
+    )
+    found: dict[AppRef, int] = {}
+    for row in listed:
+        if row.rank <= depth.visible_depth:
+            continue  # the baseline shows that position: the app is known to have left it
+        deep_enough = {
+            "chart_id": new.chart_id,
+            "after": row.fetched_at,
+            "until": depth.fetched_at,
+            "rank": row.rank,
+        }
+        if connection.execute(_DEEP_ENOUGH_SINCE, deep_enough).first() is None:
+            found[apps[row.app_id]] = row.rank
+    return found
+
+
+_DEPTH_OF = select(snapshots.c.fetched_at, snapshots.c.visible_depth).where(
+    snapshots.c.id == bindparam("snapshot_id")
+)
+
+
+def _last_listed(dialect: str) -> Select[Any]:
+    """(app id, rank, fetched_at) of the latest listing on a chart, up to a snapshot, of each
+    of some apps: a probe of the derived ranks' primary key per app (latest as written, so a
+    late, older fetch may stand for a newer one: it is as good a last sighting)."""
+    latest = (
+        select(app_ranks.c.app_id, func.max(app_ranks.c.snapshot_id).label("snapshot_id"))
+        .where(
+            among(app_ranks.c.app_id, "app_ids", dialect),
+            app_ranks.c.chart_id == bindparam("chart_id"),
+            app_ranks.c.snapshot_id <= bindparam("snapshot_id"),
+        )
+        .group_by(app_ranks.c.app_id)
+        .subquery("latest")
+    )
+    return (
+        select(latest.c.app_id, app_ranks.c.rank, snapshots.c.fetched_at)
+        .join(
+            app_ranks,
+            and_(
+                app_ranks.c.app_id == latest.c.app_id,
+                app_ranks.c.chart_id == bindparam("chart_id"),
+                app_ranks.c.snapshot_id == latest.c.snapshot_id,
+            ),
+        )
+        .join(snapshots, snapshots.c.id == latest.c.snapshot_id)
+    )
+
+
+_LAST_LISTED = per_dialect(_last_listed)
+_DEEP_ENOUGH_SINCE = (
+    select(snapshots.c.id)
+    .where(
+        snapshots.c.chart_id == bindparam("chart_id"),
+        snapshots.c.fetched_at > bindparam("after", type_=snapshots.c.fetched_at.type),
+        snapshots.c.fetched_at <= bindparam("until", type_=snapshots.c.fetched_at.type),
+        snapshots.c.visible_depth >= bindparam("rank"),
+    )
+    .limit(1)
+)
 
 
 def _ranking(connection: Connection, snapshot_id: int) -> bytes:

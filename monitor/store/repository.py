@@ -30,7 +30,15 @@ from monitor.model import (
     Validators,
     WatchedApp,
 )
-from monitor.store import alert_queries, derived, outbox, queries, schedule, snapshots
+from monitor.store import (
+    alert_queries,
+    derived,
+    fetch_queries,
+    outbox,
+    queries,
+    schedule,
+    snapshots,
+)
 from monitor.store import history as rank_history
 from monitor.store import silences as stored_silences
 from monitor.store.alert_queries import AlertRecord
@@ -362,6 +370,23 @@ class Repository:
                 since=since,
                 of_apps=of_apps,
                 app_names=app_names,
+            ),
+        )
+
+    def recent_fetches(
+        self,
+        *,
+        limit: int,
+        chart: ChartKey | None = None,
+        failed_only: bool = False,
+        since: dt.datetime | None = None,
+    ) -> list[fetch_queries.LoggedFetch]:
+        """The latest `limit` fetch log rows, newest first; of `chart`, failed ones only, at
+        or after `since`, as asked."""
+        return reading(
+            self._engine,
+            lambda c: fetch_queries.recent_fetches(
+                c, self._charts, limit=limit, chart=chart, failed_only=failed_only, since=since
             ),
         )
 

@@ -319,6 +319,7 @@ def write_snapshot(
                 snapshot_id=snapshot_id,
                 at=snapshot.fetched_at,
                 depth=snapshot.visible_depth,
+                requested_depth=snapshot.requested_depth,
                 ranked=ranked,
                 previous_id=previous.snapshot_id if previous else None,
                 previous_ranked=previous.ranked_app_ids if previous else None,
@@ -515,6 +516,7 @@ def _fetch_rows(
                 "poll_started_at": (
                     poll_started_at if fetch.started_at != poll_started_at else None
                 ),
+                "body_sample": fetch.body_sample,
             }
         )
     return rows

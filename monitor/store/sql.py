@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
 from sqlalchemy import (
@@ -75,11 +76,17 @@ def json_recordset(name: str, *columns: ColumnElement[Any]) -> Any:
 
 
 def json_ready(row: dict[str, Any]) -> dict[str, Any]:
-    """A row to pass in a JSON parameter (PostgreSQL's json_to_recordset): times as ISO text."""
-    return {
-        name: value.isoformat() if isinstance(value, dt.datetime) else value
-        for name, value in row.items()
-    }
+    """A row to pass in a JSON parameter (PostgreSQL's json_to_recordset): times as ISO text,
+    bytes in bytea's hex input form."""
+    return {name: _json_value(value) for name, value in row.items()}
+
+
+def _json_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime):
+        return value.isoformat()
+    if isinstance(value, bytes):
+        return "\\x" + value.hex()
+    return value
 
 
 def insert_ignoring_conflicts(table: Table, dialect: str) -> Insert:
@@ -97,6 +104,16 @@ _SNAPSHOT_READ_OPTIONS: dict[str, dict[str, Any]] = {
     "sqlite": {SNAPSHOT_READ: True},
     "postgresql": {"isolation_level": "REPEATABLE READ"},
 }
+
+
+@contextlib.contextmanager
+def store_errors() -> Iterator[None]:
+    """Driver errors of work that does not go through `in_transaction` (migrations) as
+    StoreError: what callers outside store/ can catch."""
+    try:
+        yield
+    except DBAPIError as exc:
+        raise StoreError(f"database error: {_describe(exc)}") from exc
 
 
 def in_transaction(engine: Engine, work: Callable[[Connection], T]) -> T:

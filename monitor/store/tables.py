@@ -196,6 +196,9 @@ fetch_log = Table(
     # fetch, set on its later fetches only: NULL on a first fetch (nearly every row, at no
     # cost) means the row starts its own poll, so a poll is coalesce(this, started_at).
     Column("poll_started_at", UtcDateTime),
+    # The first bytes of a body that arrived but did not parse (monitor.polling caps it):
+    # an HTML error page or a changed JSON shape is then visible without refetching.
+    Column("body_sample", LargeBinary),
     PrimaryKeyConstraint("chart_id", "started_at"),
     sqlite_with_rowid=False,
 )

@@ -641,3 +641,48 @@ def test_breadth_matches_the_whole_history_reference(
     ]
 
     assert seen == breadth_reference_events(rule, polls, times)
+
+
+# -- charts served shorter than where the apps were ---------------------------------------------
+
+
+def test_an_app_missing_from_a_chart_shallower_than_its_rank_is_unknown_until_one_tells() -> None:
+    rules = [Rule("dropped", RuleKind.DROPPED_OUT), Rule("left50", RuleKind.LEFT_TOP, top=50)]
+    chart = Chart(rules)
+    chart.poll(T0, {DEEPSEEK: 87, CHATGPT: 45})
+
+    shallow = chart.poll(T0 + HOUR, {DEEPSEEK: None, CHATGPT: None}, depth=37)
+    # The store keeps an app's last known rank across a shallow snapshot (store/alerting.py).
+    chart.previous = {DEEPSEEK: 87, CHATGPT: 45}
+    deep = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: None, CHATGPT: 45})
+
+    assert shallow == []
+    assert summaries(deep) == ["DeepSeek dropped out of US Top Free iPhone (below #100, was #87)"]
+
+
+def test_a_shallow_chart_still_tells_what_its_depth_shows() -> None:
+    rules = [Rule("top10", RuleKind.ENTERED_TOP, top=10), Rule("left50", RuleKind.LEFT_TOP, top=50)]
+    chart = Chart(rules)
+    chart.poll(T0, {DEEPSEEK: 5})
+
+    shallow = chart.poll(T0 + HOUR, {DEEPSEEK: None}, depth=37)
+
+    # Not in the first 37: out of the top 10 for sure; out of the top 50 is not known.
+    assert [(event.rule, event.state) for event in shallow] == [("top10", EventState.RESOLVED)]
+
+
+def test_a_pass_is_neither_ended_nor_told_again_while_both_apps_are_below_a_shallow_chart() -> None:
+    rule = Rule(
+        "passed", RuleKind.RIVAL_PASSED, apps=frozenset({DEEPSEEK.name}), rival=CHATGPT.name
+    )
+    chart = Chart([rule])
+    chart.poll(T0, {DEEPSEEK: 60, CHATGPT: 50})
+    passed = chart.poll(T0 + HOUR, {DEEPSEEK: 45, CHATGPT: 50})
+
+    shallow = chart.poll(T0 + 2 * HOUR, {DEEPSEEK: None, CHATGPT: None}, depth=37)
+    chart.previous = {DEEPSEEK: 45, CHATGPT: 50}
+    still_ahead = chart.poll(T0 + 3 * HOUR, {DEEPSEEK: 44, CHATGPT: 50})
+
+    assert [event.state for event in passed] == [EventState.FIRING]
+    assert shallow == []
+    assert still_ahead == []
