@@ -16,6 +16,7 @@
     +-- StoreError                the database refused or failed
     |   +-- DatabaseLocked        another writer process owns the SQLite file     permanent
     |   +-- LeaseLost             the poll lease expired and was taken over        permanent
+    |   +-- SchemaTooNew          the database was migrated by a newer version     permanent
     +-- DeliveryError             a notification was not handed over; `smtp_code` is the reply
                                   refused, reset, timeout, disconnect, TLS, 4xx   transient
                                   5xx (recipient, sender, data, 535 login), invalid
@@ -102,6 +103,10 @@ class DatabaseLocked(StoreError):
 
 
 class LeaseLost(StoreError):
+    permanent = True
+
+
+class SchemaTooNew(StoreError):
     permanent = True
 
 

@@ -60,6 +60,7 @@ class DatabaseOperation(enum.StrEnum):
     POLL = "poll"
     ROUND = "round"
     SCRAPE = "scrape"
+    OUTBOX = "outbox"
 
 
 class ServiceMetrics:

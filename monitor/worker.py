@@ -1,14 +1,20 @@
-"""The long-running service: scheduler ticker, poll rounds, HTTP listener, signal handling."""
+"""The long-running service: scheduler ticker, poll rounds, HTTP listener, signal handling.
+
+Start-up binds the HTTP listener first and serves /healthz, /readyz and /metrics at once; the
+database start-up (migrate, sync charts and watchlist) is retried until the database can be
+used, and only then does polling start. What no retry can cure ends `run` at once.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import signal
 import socket
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import httpx
 import uvicorn
@@ -19,8 +25,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 from monitor import __version__
 from monitor.alerts.sender import OutboxSender
 from monitor.config import Settings
-from monitor.errors import MonitorError
-from monitor.metrics import ServiceMetrics
+from monitor.errors import MonitorError, StoreError
+from monitor.metrics import DatabaseOperation, ServiceMetrics
 from monitor.model import watchlist_names
 from monitor.progress import Progress
 from monitor.rounds import PollRounds
@@ -29,6 +35,7 @@ from monitor.status_page import StatusPage
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
+from monitor.store.sql import store_errors
 from monitor.web import Readiness, create_app
 from monitor.wiring import (
     alert_delivery,
@@ -40,9 +47,13 @@ from monitor.wiring import (
 
 log = logging.getLogger(__name__)
 
-# In-flight polls get this long to finish on SIGTERM before they are abandoned.
+# In-flight polls and the message being delivered get this long to finish on SIGTERM before
+# they are abandoned.
 SHUTDOWN_GRACE_SECONDS = 5.0
 READINESS_TIMEOUT_SECONDS = 2.0
+# A database that cannot be used at start-up is tried again after 1 s, 2 s, 4 s ... 30 s.
+DATABASE_RETRY_FIRST_SECONDS = 1.0
+DATABASE_RETRY_MAX_SECONDS = 30.0
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -93,10 +104,14 @@ class DatabaseProbe:
         return "ok"
 
 
-def prepare_database(settings: Settings, database: Database) -> Repository:
-    """Migrate, then bring the schedule and the watchlist in line with the settings."""
+def prepare_database(
+    settings: Settings, database: Database, repository: Repository | None = None
+) -> Repository:
+    """Migrate, then bring the schedule and the watchlist in line with the settings, through
+    `repository` (by default a new one, returned)."""
     upgrade(database)
-    repository = service_repository(settings, database)
+    if repository is None:
+        repository = service_repository(settings, database)
     charts = settings.chart_keys()
     sync = repository.sync_charts(charts, now=utc_now())
     log.info("charts: %d configured (%s)", len(charts), sync)
@@ -110,112 +125,190 @@ def prepare_database(settings: Settings, database: Database) -> Repository:
 async def run_service(
     settings: Settings, *, transport: httpx.AsyncBaseTransport | None = None
 ) -> None:
-    """Run until SIGTERM/SIGINT. Raises MonitorError for start-up problems."""
+    """Run until SIGTERM/SIGINT. Raises MonitorError for start-up problems that waiting
+    cannot cure: a taken port, a SQLite file another writer holds, a schema newer than the
+    code, an invalid URL. A database that does not answer yet is waited for (see
+    `wait_for_database`) while /healthz, /readyz and /metrics answer."""
     listener = bind_listener(settings.http.host, settings.http.port)
     with contextlib.closing(listener), open_database(settings.database.url, writer=True) as db:
-        repository = prepare_database(settings, db)
+        repository = service_repository(settings, db)
         metrics = service_metrics(settings, repository)
-        async with (
-            polling(settings, repository, metrics=metrics, transport=transport) as rounds,
-            alert_delivery(settings, repository, metrics) as sender,
-        ):
-            await _serve(
-                settings,
-                repository=repository,
-                metrics=metrics,
-                rounds=rounds,
-                sender=sender,
-                listener=listener,
-            )
+        service = _Service(settings, repository, metrics)
+        async with service.stopped_by_signals(), service.serving(listener):
+            if await wait_for_database(settings, db, repository, service.stop, service.starting):
+                async with (
+                    polling(settings, repository, metrics=metrics, transport=transport) as rounds,
+                    alert_delivery(settings, repository, metrics) as sender,
+                ):
+                    await service.poll_until_stopped(rounds, sender)
+    log.info("stopped")
 
 
-async def _serve(
+class _StartUp:
+    """What keeps the service from polling yet, for /readyz; None once it polls."""
+
+    def __init__(self) -> None:
+        self.problem: str | None = "waiting for the database start-up (migrate, sync)"
+
+
+async def wait_for_database(
     settings: Settings,
-    *,
+    database: Database,
     repository: Repository,
-    metrics: ServiceMetrics,
-    rounds: PollRounds,
-    sender: OutboxSender,
-    listener: socket.socket,
-) -> None:
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
-
-    scheduler = AsyncIOScheduler(timezone=dt.UTC)
-    # Both start at once and run every tick; a run still going when the next is due is
-    # left to finish (a long poll round, a slow mail server), not doubled.
-    for job, name in ((rounds.tick, "poll-ticker"), (sender.send_due, "outbox-sender")):
-        scheduler.add_job(
-            job,
-            IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
-            id=name,
-            max_instances=1,
-            coalesce=True,
-            next_run_time=utc_now(),
-        )
-
-    def count_failed_tick(event: JobExecutionEvent) -> None:
-        if event.code == EVENT_JOB_MISSED:
-            log.warning("scheduler: a tick ran too late and was skipped")
-            metrics.scheduler_missed()
+    stop: asyncio.Event,
+    starting: _StartUp,
+) -> bool:
+    """Run `prepare_database` until it succeeds (True) or `stop` is set (False), waiting
+    between attempts from 1 s doubling up to 30 s: a database that is still starting (or
+    restarting) delays the service instead of ending it in a crash loop. Problems no retry
+    can cure (MonitorError.permanent) are raised at once. An attempt under way when `stop`
+    is set is finished first (the connect timeout bounds it)."""
+    delay = DATABASE_RETRY_FIRST_SECONDS
+    for attempt in itertools.count(1):
+        try:
+            await asyncio.to_thread(_prepare, settings, database, repository)
+        except MonitorError as exc:
+            if exc.permanent:
+                raise
+            starting.problem = f"{type(exc).__name__}: {exc}"[:200]
+            log.warning(
+                "database %s not usable (attempt %d): %s; retrying in %gs",
+                database.display_url,
+                attempt,
+                exc,
+                delay,
+                extra={"attempt": attempt, "retry_in_seconds": delay},
+            )
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await stop.wait()
+            delay = min(delay * 2, DATABASE_RETRY_MAX_SECONDS)
         else:
-            metrics.scheduler_errored()
+            starting.problem = None
+            return True
+        if stop.is_set():
+            return False
+    raise AssertionError("unreachable")
 
-    scheduler.add_listener(count_failed_tick, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
 
-    database_probe = DatabaseProbe(repository, READINESS_TIMEOUT_SECONDS)
+def _prepare(settings: Settings, database: Database, repository: Repository) -> None:
+    with store_errors():  # a connection refused inside Alembic, say
+        prepare_database(settings, database, repository)
 
-    async def readiness() -> Readiness:
-        running = scheduler.running and not stop.is_set()
+
+class _Service:
+    """The parts of the running service the HTTP surface and the scheduler share."""
+
+    def __init__(self, settings: Settings, repository: Repository, metrics: ServiceMetrics):
+        self.settings = settings
+        self.repository = repository
+        self.metrics = metrics
+        self.stop = asyncio.Event()
+        self.starting = _StartUp()
+        self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        self._database_probe = DatabaseProbe(repository, READINESS_TIMEOUT_SECONDS)
+
+    @contextlib.asynccontextmanager
+    async def stopped_by_signals(self) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stop.set)
+        try:
+            yield
+        finally:
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(signum)
+
+    async def readiness(self) -> Readiness:
+        if self.starting.problem is not None:
+            return Readiness({"scheduler": "not started", "database": self.starting.problem})
+        running = self.scheduler.running and not self.stop.is_set()
         return Readiness(
             {
                 "scheduler": "ok" if running else "stopped",
-                "database": await database_probe.check(),
+                "database": await self._database_probe.check(),
             }
         )
 
-    server = _EmbeddedServer(
-        uvicorn.Config(
-            create_app(
-                readiness=readiness,
-                exposition=SingleFlight(metrics.exposition),
-                status_page=SingleFlight(
-                    StatusPage(
-                        repository,
-                        metrics,
-                        app_names=watchlist_names(settings.watched_apps()),
-                        clock=utc_now,
-                        grafana_url=settings.http.grafana_url,
-                    ).render
+    @contextlib.asynccontextmanager
+    async def serving(self, listener: socket.socket) -> AsyncIterator[None]:
+        """The HTTP surface, from before the database answers until everything else stopped."""
+        settings = self.settings
+        server = _EmbeddedServer(
+            uvicorn.Config(
+                create_app(
+                    readiness=self.readiness,
+                    exposition=SingleFlight(self.metrics.exposition),
+                    status_page=SingleFlight(
+                        StatusPage(
+                            self.repository,
+                            self.metrics,
+                            app_names=watchlist_names(settings.watched_apps()),
+                            clock=utc_now,
+                            grafana_url=settings.http.grafana_url,
+                        ).render
+                    ),
                 ),
-            ),
-            log_config=None,
-            lifespan="off",
-            access_log=False,
+                log_config=None,
+                lifespan="off",
+                access_log=False,
+            )
         )
-    )
-    server_task = asyncio.create_task(server.serve(sockets=[listener]))
-    scheduler.start()
-    host, port = listener.getsockname()[:2]
-    log.info(
-        "app-rank-monitor %s: listening on http://%s:%s, polling every %s",
-        __version__,
-        host,
-        port,
-        settings.poll.interval,
-    )
-    try:
-        stopped = asyncio.create_task(stop.wait())
-        await asyncio.wait([stopped, server_task], return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-    finally:
-        log.info("shutting down")
-        scheduler.shutdown(wait=False)
-        await rounds.stop(grace=SHUTDOWN_GRACE_SECONDS)
-        server.should_exit = True
-        await server_task
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.remove_signal_handler(signum)
-    log.info("stopped")
+        server_task = asyncio.create_task(server.serve(sockets=[listener]))
+        host, port = listener.getsockname()[:2]
+        log.info("app-rank-monitor %s: listening on http://%s:%s", __version__, host, port)
+        # The listener failing (it never should) stops the service as a signal would.
+        server_task.add_done_callback(lambda _: self.stop.set())
+        try:
+            yield
+        finally:
+            server.should_exit = True
+            await server_task
+
+    async def poll_until_stopped(self, rounds: PollRounds, sender: OutboxSender) -> None:
+        settings, metrics, scheduler = self.settings, self.metrics, self.scheduler
+
+        async def send_due() -> None:
+            # A failed round reports itself (PollRounds); the sender's database errors are
+            # reported here, in one line, not as a traceback from the scheduler.
+            try:
+                await sender.send_due()
+            except StoreError as exc:
+                metrics.scheduler_errored()
+                metrics.database_error(DatabaseOperation.OUTBOX)
+                log.error("outbox sender failed: %s", exc)
+
+        # Both start at once and run every tick; a run still going when the next is due is
+        # left to finish (a long poll round, a slow mail server), not doubled.
+        for job, name in ((rounds.tick, "poll-ticker"), (send_due, "outbox-sender")):
+            scheduler.add_job(
+                job,
+                IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
+                id=name,
+                max_instances=1,
+                coalesce=True,
+                next_run_time=utc_now(),
+            )
+
+        def count_failed_tick(event: JobExecutionEvent) -> None:
+            if event.code == EVENT_JOB_MISSED:
+                log.warning("scheduler: a tick ran too late and was skipped")
+                metrics.scheduler_missed()
+            else:
+                metrics.scheduler_errored()
+
+        scheduler.add_listener(count_failed_tick, EVENT_JOB_MISSED | EVENT_JOB_ERROR)
+        scheduler.start()
+        log.info("polling every %s", settings.poll.interval)
+        try:
+            await self.stop.wait()
+        finally:
+            log.info("shutting down")
+            # Paused, not shut down yet: shutting down would cancel the runs in progress (a
+            # message being delivered) instead of giving them the grace.
+            scheduler.pause()
+            await asyncio.gather(
+                rounds.stop(grace=SHUTDOWN_GRACE_SECONDS),
+                sender.stop(grace=SHUTDOWN_GRACE_SECONDS),
+            )
+            scheduler.shutdown(wait=False)

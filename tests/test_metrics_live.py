@@ -54,6 +54,8 @@ def first_round_done(port: int) -> bool:
     except httpx.HTTPError:
         return False
     families = {family.name: family for family in text_string_to_metric_families(text)}
+    if "apprank_chart_depth" not in families:  # still starting: /metrics answers without state
+        return False
     failing = [
         sample
         for sample in families["apprank_chart_consecutive_failures"].samples

@@ -16,6 +16,7 @@ import httpx
 from monitor.alerts.email import SmtpSender
 from monitor.alerts.model import AlertEvent, EventState, Notification
 from monitor.alerts.render import render_email
+from monitor.config_types import redact_url_password
 from monitor.errors import DeliveryError, is_permanent_status
 
 # What Alertmanager writes for "no end time yet".
@@ -24,6 +25,11 @@ _NO_END = "0001-01-01T00:00:00Z"
 
 class Channel(Protocol):
     async def deliver(self, notification: Notification) -> None: ...
+
+
+def shown_recipient(channel: str, recipient: str) -> str:
+    """A recipient as logs may show it: a webhook URL without its password."""
+    return redact_url_password(recipient) if channel == "webhook" else recipient
 
 
 class EmailChannel:
@@ -47,17 +53,19 @@ class WebhookChannel:
 
     async def deliver(self, notification: Notification) -> None:
         url = notification.recipient
+        shown = redact_url_password(url)  # errors are logged and stored: no credentials
         try:
             response = await self._client.post(url, json=webhook_payload(
                 notification, external_url=self._external_url))  # fmt: skip
         except httpx.HTTPError as exc:
             raise DeliveryError(
-                f"webhook {url}: {type(exc).__name__}: {exc}", permanent=False
+                f"webhook {shown}: {type(exc).__name__}: {str(exc).replace(url, shown)}",
+                permanent=False,
             ) from exc
         if response.is_success:
             return
         raise DeliveryError(
-            f"webhook {url}: HTTP {response.status_code}",
+            f"webhook {shown}: HTTP {response.status_code}",
             permanent=is_permanent_status(response.status_code),
         )
 

@@ -15,7 +15,7 @@ import logging
 import random
 from collections.abc import Callable, Mapping
 
-from monitor.alerts.channels import Channel
+from monitor.alerts.channels import Channel, shown_recipient
 from monitor.alerts.model import (
     AlertEvent,
     AppNews,
@@ -81,20 +81,46 @@ class OutboxSender:
         self._lease = lease
         self._picture_window = picture_window
         self._draw = draw
+        self._stopping = False
+        self._idle = asyncio.Event()  # no send_due() running
+        self._idle.set()
 
     async def send_due(self) -> int:
         """Deliver every message due now, one after the other; returns how many went out."""
         sent = 0
-        while message := await asyncio.to_thread(
-            self._repository.claim_message,
-            owner=self._owner,
-            now=self._clock(),
-            lease=self._lease,
-            domain=self._domain,
-        ):
-            if await self._deliver(message):
-                sent += 1
+        if self._stopping:
+            return sent
+        self._idle.clear()
+        try:
+            while not self._stopping and (
+                message := await asyncio.to_thread(
+                    self._repository.claim_message,
+                    owner=self._owner,
+                    now=self._clock(),
+                    lease=self._lease,
+                    domain=self._domain,
+                )
+            ):
+                if await self._deliver(message):
+                    sent += 1
+        finally:
+            self._idle.set()
         return sent
+
+    async def stop(self, grace: float) -> None:
+        """Claim no more messages; give the one being delivered `grace` seconds to go out and
+        be recorded. Cut short, it was perhaps delivered but is not recorded: it goes out
+        again (same Message-ID) once its claim expires, as after a crash."""
+        self._stopping = True
+        try:
+            async with asyncio.timeout(grace):
+                await self._idle.wait()
+        except TimeoutError:
+            log.warning(
+                "a message was still being delivered after %gs; it will be sent again once "
+                "its claim expires",
+                grace,
+            )
 
     async def _deliver(self, message: OutboxMessage) -> bool:
         """Deliver one message and record the outcome; True when it went out."""
@@ -120,7 +146,7 @@ class OutboxSender:
             log.warning(
                 "%s to %s (%s, attempt %d): %s; %s",
                 message.channel,
-                message.recipient,
+                shown_recipient(message.channel, message.recipient),
                 message.message_id,
                 message.attempt,
                 error,

@@ -10,12 +10,13 @@ command that changes a few rows of its own (silences) writes beside it without t
 Readers run with `query_only` so a read-only command can never write beside the writer.
 
 PostgreSQL: psycopg 3, connections that survive a server restart, UTC sessions and
-statement/lock timeouts so a stuck lock surfaces as an error instead of a hung poll; readers'
-transactions are read-only. A pooled connection is pinged before use only after an idle spell
-(between poll rounds, when a restart would go unnoticed): pinging every checkout costs a round
-trip per transaction, and a busy connection the server dropped fails its transaction, which
-sql.in_transaction runs again on a fresh one. Several writers may share a PostgreSQL database
-(replicas): the poll leases keep them apart.
+statement/lock timeouts so a stuck lock surfaces as an error instead of a hung poll, TCP
+timeouts so that a server the network lost does too; readers' transactions are read-only. A
+pooled connection is pinged before use only after an idle spell (between poll rounds, when a
+restart would go unnoticed): pinging every checkout costs a round trip per transaction, and a
+busy connection the server dropped fails its transaction, which sql.in_transaction runs again
+on a fresh one. Several writers may share a PostgreSQL database (replicas): the poll leases
+keep them apart.
 """
 
 from __future__ import annotations
@@ -40,6 +41,14 @@ POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
 POSTGRES_LOCK_TIMEOUT_MS = 10_000
 POSTGRES_POOL_SIZE = 4
 POSTGRES_PING_AFTER_IDLE_S = 10.0
+POSTGRES_CONNECT_TIMEOUT_S = 10
+# A server that stops acknowledging what was sent (a network partition, a host gone) is given
+# up after this long, instead of after the kernel's retransmissions (a quarter of an hour):
+# the statement fails with a lost connection and its transaction is run again. Keepalive
+# probes do the same for a connection waiting for an answer. Neither limits a slow statement,
+# whose server acknowledges; statement_timeout does that.
+POSTGRES_TCP_USER_TIMEOUT_MS = 10_000
+POSTGRES_KEEPALIVES = {"keepalives": 1, "keepalives_idle": 5, "keepalives_interval": 2}
 _IDLE_SINCE = "monitor_idle_since"
 _POSTGRES_DRIVERS = {"postgres", "postgresql", "postgresql+psycopg"}
 
@@ -96,7 +105,7 @@ def open_database(url: str, *, writer: bool, exclusive: bool = True) -> Database
 def _parse(url: str) -> URL:
     try:
         parsed = make_url(url)
-    except ArgumentError as exc:
+    except (ArgumentError, ValueError) as exc:  # ValueError: a port that is not a number
         raise StoreError(f"invalid database URL: {exc}") from None
     if parsed.drivername in _POSTGRES_DRIVERS:
         return parsed.set(drivername="postgresql+psycopg")
@@ -169,7 +178,9 @@ def _open_postgres(url: URL, *, writer: bool) -> Database:
         pool_recycle=1800,
         connect_args={
             "options": options,
-            "connect_timeout": 10,
+            "connect_timeout": POSTGRES_CONNECT_TIMEOUT_S,
+            "tcp_user_timeout": POSTGRES_TCP_USER_TIMEOUT_MS,
+            **POSTGRES_KEEPALIVES,
             "application_name": "app-rank-monitor" if writer else "app-rank-monitor (read)",
         },
     )

@@ -22,7 +22,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, func, select, text
 
 import monitor
-from monitor.errors import StoreError
+from monitor.errors import SchemaTooNew, StoreError
 from monitor.store.engine import Database
 from monitor.store.tables import metadata
 
@@ -72,10 +72,25 @@ def migration_connection(database: Database) -> Iterator[Connection]:
 
 
 def upgrade(database: Database, revision: str = "head") -> None:
-    """Bring the schema to `revision` (default: the newest). Safe from several processes."""
+    """Bring the schema to `revision` (default: the newest). Safe from several processes.
+    Raises SchemaTooNew when a newer version of the code migrated the database."""
     _require_writer(database)
     with migration_connection(database) as connection:
+        _require_known_revision(connection)
         command.upgrade(alembic_config(connection), revision)
+
+
+def _require_known_revision(connection: Connection) -> None:
+    current = MigrationContext.configure(connection).get_current_revision()
+    scripts = ScriptDirectory.from_config(alembic_config())
+    if current is not None and current not in {
+        script.revision for script in scripts.walk_revisions()
+    }:
+        raise SchemaTooNew(
+            f"the database schema is at revision {current}, which this version "
+            f"({monitor.__version__}, schema {scripts.get_current_head()}) does not know: "
+            "a newer app-rank-monitor migrated it; run that version (or newer)"
+        )
 
 
 def downgrade(database: Database, revision: str) -> None:

@@ -1,9 +1,12 @@
 """The notification outbox: claimed by senders a message at a time, finished with the outcome.
 
 A message is the due notifications of one channel and recipient, claimed together under a
-lease (on PostgreSQL skipping rows other senders hold) and given a Message-ID derived from
-their events. The rows keep that Message-ID: a retry, or a sender taking over after a crash,
-sends exactly those rows again under the same id. Every attempt is recorded.
+lease (on PostgreSQL by one sender at a time per recipient: replicas neither claim the same
+rows nor split one message between them) and given a Message-ID derived from their events.
+The rows keep that Message-ID: a retry, or a sender taking over after a crash, sends exactly
+those rows again under the same id. Every attempt is recorded; its outcome only while the
+sender's claim stands (a sender paused past its lease, whose rows another sender took over,
+cannot overwrite what that one recorded).
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ class OutboxMessage:
     channel: str
     recipient: str
     message_id: str
+    claimed_by: str
     first_queued_at: dt.datetime
     attempt: int
     items: tuple[OutboxItem, ...]
@@ -68,7 +72,18 @@ def _due(now: dt.datetime) -> Any:
 
 
 def _locked(query: Select[Any], dialect: str) -> Select[Any]:
-    return query.with_for_update(skip_locked=True) if dialect == "postgresql" else query
+    # The notification rows alone: an app's row, which a snapshot write may be updating, is
+    # only read (locking it would have that write wait, or the claim skip that app's news).
+    return query.with_for_update(of=notifications) if dialect == "postgresql" else query
+
+
+def _one_claimer_per_recipient(connection: Connection, channel: str, recipient: str) -> None:
+    """PostgreSQL: wait for any other sender claiming this recipient's notifications to commit.
+    Two senders claiming at once would each take part of them (skipping the other's rows),
+    and one round's news would go out as two messages; after the wait, the rows the other
+    claimed are no longer due. (SQLite's one writer serializes claims by itself.)"""
+    key = func.hashtextextended(channel + " " + recipient, 0)
+    connection.execute(select(func.pg_advisory_xact_lock(key)))
 
 
 def claim_message(
@@ -84,16 +99,15 @@ def claim_message(
 ) -> OutboxMessage | None:
     """Claim the oldest due message, if any."""
     first = connection.execute(
-        _locked(
-            select(notifications.c.channel, notifications.c.recipient, notifications.c.message_id)
-            .where(_due(now))
-            .order_by(notifications.c.not_before, notifications.c.id)
-            .limit(1),
-            dialect,
-        )
+        select(notifications.c.channel, notifications.c.recipient, notifications.c.message_id)
+        .where(_due(now))
+        .order_by(notifications.c.not_before, notifications.c.id)
+        .limit(1)
     ).first()
     if first is None:
         return None
+    if dialect == "postgresql":
+        _one_claimer_per_recipient(connection, first.channel, first.recipient)
     same = (
         notifications.c.message_id == first.message_id
         if first.message_id is not None
@@ -122,7 +136,7 @@ def claim_message(
         )
     ).all()
     if not rows:
-        return None  # another sender took them between the two statements (SQLite cannot)
+        return None  # the sender waited for took them (PostgreSQL; SQLite cannot)
     keys = [row.dedupe_key for row in rows]
     message = first.message_id or message_id(first.recipient, keys, domain)
     connection.execute(
@@ -140,6 +154,7 @@ def claim_message(
         channel=first.channel,
         recipient=first.recipient,
         message_id=message,
+        claimed_by=owner,
         first_queued_at=min(row.created_at for row in rows),
         attempt=max(row.attempts for row in rows) + 1,
         items=tuple(
@@ -182,7 +197,7 @@ def finish_message(
     retry_at: dt.datetime | None = None,
 ) -> None:
     """Record the attempt and its outcome: "sent", "retrying" (due again at `retry_at`) or
-    "dead_lettered"."""
+    "dead_lettered"; the outcome only on the rows still claimed by the message's claimer."""
     values: dict[str, Any] = {"claimed_by": None, "claimed_until": None, "last_error": error}
     if outcome == "sent":
         values |= {"state": "sent", "sent_at": now}
@@ -193,7 +208,10 @@ def finish_message(
         values["state"] = "dead"
     connection.execute(
         update(notifications)
-        .where(notifications.c.id.in_([item.notification_id for item in message.items]))
+        .where(
+            notifications.c.id.in_([item.notification_id for item in message.items]),
+            notifications.c.claimed_by == message.claimed_by,
+        )
         .values(**values)
     )
     connection.execute(

@@ -8,11 +8,12 @@ import asyncio
 import datetime as dt
 import json
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, text
 
 from monitor.alerts.channels import EmailChannel, WebhookChannel
 from monitor.alerts.email import SmtpSender
@@ -26,6 +27,7 @@ from monitor.store.tables import delivery_attempts, notifications
 from tests.store.conftest import CHATGPT, DEEPSEEK, HOUR, T0, US_FREE, Poller
 from tests.store.test_alerting import POLICY, chart_with
 from tests.support.http_server import Request, Response, ScriptedServer
+from tests.support.processes import wait_for
 from tests.support.smtp_server import Faults, SmtpServer, refusing_port
 
 NOW = T0 + 10 * HOUR  # when the repository queued the notifications
@@ -220,6 +222,64 @@ def test_a_message_sent_but_not_recorded_goes_again_under_the_same_message_id(
     assert send(outbox) == 1
     (received,) = server.messages
     assert received.message["Message-ID"] == crashed.message_id
+
+
+def test_a_sender_paused_past_its_claim_cannot_overwrite_the_outcome_of_the_one_that_took_over(
+    database: Database, climbed: Repository, server: SmtpServer
+) -> None:
+    clock = Clock(DUE)
+    outbox, _ = sender(climbed, server.port, clock)
+    paused = climbed.claim_message(owner="paused", now=DUE, lease=dt.timedelta(minutes=5),
+                                   domain="example.com")  # fmt: skip
+    assert paused is not None
+    clock.now = DUE + dt.timedelta(minutes=5, seconds=1)
+    assert send(outbox) == 1
+    # It wakes up, and its own attempt (to another server, say) was refused for good.
+    climbed.finish_message(paused, outcome="dead_lettered", now=clock.now, error="554 (late)")
+
+    assert {(row.state, row.claimed_by) for row in outbox_rows(database)} == {("sent", None)}
+    assert attempts(database) == [
+        ("sent", paused.message_id),
+        ("dead_lettered", paused.message_id),
+    ]
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("database_url", ["postgres"], indirect=True)
+def test_a_claim_beside_another_senders_takes_the_whole_message_not_what_that_one_left(
+    database: Database, climbed: Repository
+) -> None:
+    due = [row.id for row in outbox_rows(database)]
+    with ThreadPoolExecutor(1) as pool, database.engine.connect() as other:
+        # Another sender has locked the first of the recipient's notifications, and is about
+        # to take the rest (a replica claiming at the same moment), or an update holds it.
+        with other.begin():
+            other.execute(
+                select(notifications.c.id).where(notifications.c.id == due[0]).with_for_update()
+            )
+            claiming = pool.submit(
+                climbed.claim_message,
+                owner="b",
+                now=DUE,
+                lease=dt.timedelta(minutes=5),
+                domain="example.com",
+            )
+            wait_for(lambda: claiming.done() or waits_for_a_lock(database), "the claim to wait")
+        claimed = claiming.result(timeout=10)
+
+    assert claimed is not None
+    assert sorted(item.notification_id for item in claimed.items) == due
+
+
+def waits_for_a_lock(database: Database) -> bool:
+    with database.engine.connect() as connection:
+        waiting = connection.scalar(
+            text(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+                " AND datname = current_database()"
+            )
+        )
+    return bool(waiting)
 
 
 def test_a_drop_after_data_is_retried_and_any_duplicate_shares_the_message_id(
