@@ -40,6 +40,8 @@ from monitor.store.alert_queries import AlertRecord, DeliveryState
 from monitor.wiring import utc_now
 
 TEST_APP = AppRef(Store.APPLE, "0", "app-rank-monitor test")
+# More than anyone reads in a terminal; a bound keeps the query's LIMIT a valid integer.
+MAX_LIMIT = 100_000
 
 
 @click.group()
@@ -48,7 +50,7 @@ def alerts() -> None:
 
 
 @alerts.command("list")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--limit", type=click.IntRange(min=1, max=MAX_LIMIT), default=50, show_default=True)
 @click.option("--app", "app_ref", help="Watchlist name or store id of the app.")
 @click.option(
     "--since", callback=time_option, help="ISO date/time (UTC) or a duration ago, e.g. 7d."

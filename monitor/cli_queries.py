@@ -9,7 +9,14 @@ from typing import Any
 
 import click
 
-from monitor.cli_support import FORMAT_OPTION, CommandFailed, reading, settings_of, time_option
+from monitor.cli_support import (
+    FORMAT_OPTION,
+    CommandFailed,
+    country_option,
+    reading,
+    settings_of,
+    time_option,
+)
 from monitor.model import ALL_GENRES, ChartKey, Collection, Device, RankPoint, Store
 from monitor.output import OutputFormat, printable, render
 from monitor.store.repository import AppInfo, Repository
@@ -17,7 +24,7 @@ from monitor.store.repository import AppInfo, Repository
 
 @click.command()
 @click.option("--app", "app_ref", required=True, help="Store id or (part of) the app name.")
-@click.option("--country", help="Two-letter storefront code, e.g. us.")
+@click.option("--country", callback=country_option, help="Two-letter storefront code, e.g. us.")
 @click.option("--collection", type=click.Choice([c.value for c in Collection]))
 @click.option("--device", type=click.Choice([d.value for d in Device]))
 @click.option(
@@ -107,7 +114,9 @@ def _one_app(repository: Repository, ref: str) -> AppInfo:
 
 
 @click.command()
-@click.option("--country", required=True, help="Two-letter storefront code, e.g. us.")
+@click.option(
+    "--country", required=True, callback=country_option, help="Two-letter storefront code, e.g. us."
+)
 @click.option("--collection", required=True, type=click.Choice([c.value for c in Collection]))
 @click.option("--device", type=click.Choice([d.value for d in Device]), default=Device.IPHONE.value)
 @click.option("--genre", default=ALL_GENRES, show_default=True, help="Genre id or 'all'.")
@@ -125,11 +134,9 @@ def chart(
 ) -> None:
     """The chart as stored at a time (default: the latest snapshot)."""
     try:
-        key = ChartKey(
-            Store.APPLE, country.strip().lower(), Collection(collection), Device(device), genre
-        )
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param_hint="--country/--genre") from None
+        key = ChartKey(Store.APPLE, country, Collection(collection), Device(device), genre)
+    except ValueError as exc:  # the country was checked already: the genre is wrong
+        raise click.BadParameter(str(exc), param_hint="--genre") from None
     with reading(settings_of(ctx)) as repository:
         view = repository.chart_at(key, at)
     if view is None:

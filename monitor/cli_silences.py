@@ -94,8 +94,13 @@ def _end(until_text: str | None, duration_text: str | None, now: dt.datetime) ->
             raise click.BadParameter(str(exc), param_hint="--for") from None
         if duration <= dt.timedelta(0):
             raise click.BadParameter("a silence must last longer than 0s", param_hint="--for")
-        # Whole seconds: the end is shown wherever the silence is, and a fraction says nothing.
-        return (now + duration).replace(microsecond=0)
+        try:
+            # Whole seconds: the end is shown wherever the silence is; a fraction says nothing.
+            return (now + duration).replace(microsecond=0)
+        except OverflowError:
+            raise click.BadParameter(
+                f"{duration_text!r} from now is past the year 9999", param_hint="--for"
+            ) from None
     assert until_text is not None
     try:
         until = dt.datetime.fromisoformat(until_text.strip())
@@ -105,7 +110,11 @@ def _end(until_text: str | None, duration_text: str | None, now: dt.datetime) ->
             "(for a duration from now, use --for)",
             param_hint="--until",
         ) from None
-    until = until.replace(tzinfo=dt.UTC) if until.tzinfo is None else until.astimezone(dt.UTC)
+    try:
+        until = until.replace(tzinfo=dt.UTC) if until.tzinfo is None else until.astimezone(dt.UTC)
+    except OverflowError:
+        raise click.BadParameter(f"{until_text!r} is past the year 9999 in UTC",
+                                 param_hint="--until") from None  # fmt: skip
     if until <= now:
         raise click.BadParameter(f"{until.isoformat()} is already past", param_hint="--until")
     return until

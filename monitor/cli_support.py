@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import re
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -142,13 +143,30 @@ def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
     else:
         if parsed.tzinfo is None:
             return parsed.replace(tzinfo=dt.UTC)
-        return parsed.astimezone(dt.UTC)
+        try:
+            return parsed.astimezone(dt.UTC)
+        except OverflowError:  # 0001-01-01T00:00+01:00 is in the year 0 in UTC
+            raise click.BadParameter(f"{text!r} is out of range in UTC") from None
     try:
         return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
-    except ValueError:
+    except OverflowError:
+        raise click.BadParameter(f"{text!r} ago is before the year 1") from None
+    except ValueError as exc:
+        if str(exc).startswith("a duration must be"):  # a duration, too long
+            raise click.BadParameter(f"{text!r}: {exc}") from None
         raise click.BadParameter(
             f"{text!r} is neither an ISO date/time nor a duration like 24h or 7d"
         ) from None
+
+
+def country_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    """A storefront code as the charts name it: two letters, any case given."""
+    if value is None:
+        return None
+    code = value.strip().lower()
+    if not re.fullmatch(r"[a-z]{2}", code):
+        raise click.BadParameter(f"expected a two-letter storefront code such as us, got {value!r}")
+    return code
 
 
 def time_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:

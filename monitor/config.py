@@ -165,6 +165,8 @@ def _shown(value: object, field: FieldInfo) -> object:
     secret = _secret(field)
     if secret is not None and isinstance(value, str):
         return secret.redact(value)
+    if secret is not None and isinstance(value, list):
+        return [secret.redact(str(item)) for item in value]
     if isinstance(value, dt.timedelta):
         return format_duration(value)
     return plain(value)

@@ -18,7 +18,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, model_valida
 from monitor.alerts.model import RuleKind, Severity
 from monitor.alerts.policy import AlertPolicy, QuietHours, Silence
 from monitor.alerts.rules import Rule
-from monitor.config_types import Duration, MailAddress, NonEmptyStr
+from monitor.config_types import (
+    Duration,
+    MailAddress,
+    NonEmptyStr,
+    Secret,
+    WebhookUrl,
+    redact_url_password,
+)
 from monitor.model import Collection, Device, WatchedApp, watchlist_names
 
 _QUIET_HOURS = re.compile(r"^(\d{1,2}):(\d{2})-(\d{1,2}):(\d{2})\s+(\S+)$")
@@ -146,7 +153,7 @@ def _quiet_hours(value: Any) -> Any:
 
 class AlertsSettings(_Model):
     recipients: list[MailAddress] = []
-    webhooks: list[Annotated[str, Field(pattern=r"^https?://\S+$")]] = []
+    webhooks: Annotated[list[WebhookUrl], Secret(redact_url_password)] = []
     group_wait: Duration = dt.timedelta(minutes=1)
     quiet_hours: Annotated[str, BeforeValidator(_quiet_hours)] = ""
     glitch_share: Annotated[float, Field(gt=0, le=1)] = 0.5

@@ -21,21 +21,29 @@ _UNITS = (("d", 86_400), ("h", 3_600), ("m", 60), ("s", 1))
 _DURATION_HELP = 'expected a duration such as "90s", "15m", "1h", "1d" or a whole number of seconds'
 
 
+# Far beyond any sensible setting, and far inside what datetime arithmetic takes.
+MAX_DURATION = dt.timedelta(days=365 * 1000)
+
+
+def _seconds(amount: int) -> dt.timedelta:
+    if amount > MAX_DURATION.total_seconds():
+        raise ValueError(f"a duration must be at most {MAX_DURATION.days}d")
+    return dt.timedelta(seconds=amount)
+
+
 def parse_duration(value: object) -> dt.timedelta:
     if isinstance(value, dt.timedelta):
         return value
     if isinstance(value, int) and not isinstance(value, bool):
-        return dt.timedelta(seconds=value)
+        return _seconds(value)
     if isinstance(value, str):
         text = value.strip().lower().replace(" ", "")
-        if text.isdigit():
-            return dt.timedelta(seconds=int(text))
+        if text.isascii() and text.isdigit():
+            return _seconds(int(text))
         match = _DURATION.match(text)
         if text and match:
             amounts = (int(group or 0) for group in match.groups())
-            return dt.timedelta(
-                seconds=sum(n * size for n, (_, size) in zip(amounts, _UNITS, strict=True))
-            )
+            return _seconds(sum(n * size for n, (_, size) in zip(amounts, _UNITS, strict=True)))
     raise ValueError(_DURATION_HELP)
 
 
@@ -108,13 +116,19 @@ def _database_url(value: str) -> str:
     raise ValueError(_DATABASE_HELP)
 
 
-def _http_url(value: str) -> str:
+def _checked_http_url(value: str) -> str:
     text = value.strip()
     parts = urlsplit(text)
     _ = parts.port  # raises ValueError for a malformed port
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError("expected an http:// or https:// URL with a host")
-    return text.rstrip("/")
+    if any(char.isspace() or not char.isprintable() for char in text):
+        raise ValueError("expected an http:// or https:// URL without spaces or control characters")
+    return text
+
+
+def _http_url(value: str) -> str:
+    return _checked_http_url(value).rstrip("/")
 
 
 def _header_safe(value: str) -> str:
@@ -125,6 +139,8 @@ def _header_safe(value: str) -> str:
 
 DatabaseUrl = Annotated[str, AfterValidator(_database_url), Secret(redact_url_password)]
 HttpUrl = Annotated[str, AfterValidator(_http_url)]
+# Posted to exactly as written (a trailing slash may matter); its password is a secret.
+WebhookUrl = Annotated[str, AfterValidator(_checked_http_url)]
 HeaderValue = Annotated[NonEmptyStr, AfterValidator(_header_safe)]
 
 

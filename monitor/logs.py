@@ -4,7 +4,9 @@ text: `2026-01-26T08:00:00.123Z INFO    monitor.worker: polled chart=apple/us/to
 json: `{"ts": "...", "level": "INFO", "logger": "monitor.worker", "msg": "polled", "chart": ...}`
 
 Fields passed with `extra={...}` become `key=value` pairs (text) or top-level keys (json);
-exception text goes under `exc`. Timestamps are UTC.
+exception text goes under `exc`. Timestamps are UTC. In text, the message and the values are
+one line each whatever they hold: control characters (a newline, an escape sequence) are shown
+escaped (`\\n`, `\\x1b`), so store-supplied text can neither forge a line nor drive a terminal.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ import json
 import logging
 import sys
 from typing import Literal, TextIO
+
+from monitor.output import printable
 
 LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
@@ -65,8 +69,10 @@ class JsonFormatter(logging.Formatter):
 
 def _text_value(value: object) -> str:
     text = str(value)
-    if not text or any(char.isspace() or char in '"=' for char in text):
-        return json.dumps(text, ensure_ascii=False)
+    if not text or not text.isprintable() or any(c.isspace() or c in '"=' for c in text):
+        # json.dumps escapes control characters: a value cannot end the line or drive the
+        # terminal (JSON leaves U+2028 and bidirectional overrides alone, `printable` not).
+        return printable(json.dumps(text, ensure_ascii=False))
     return text
 
 
@@ -74,7 +80,10 @@ class TextFormatter(logging.Formatter):
     """One line per record for people; the traceback, if any, on the lines after it."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        # Messages carry store-supplied text (app names, feed errors): escaped, a name holding
+        # a newline cannot forge a log line of its own, nor an escape sequence drive a terminal.
+        message = printable(record.getMessage())
+        line = f"{_timestamp(record)} {record.levelname:<7} {record.name}: {message}"
         pairs = " ".join(f"{key}={_text_value(value)}" for key, value in _extras(record).items())
         if pairs:
             line = f"{line} {pairs}"

@@ -361,8 +361,8 @@ def test_chart_with_a_malformed_country_is_a_usage_error(climbed: Deployment) ->
     result = climbed.run("chart", "--country", "usa", "--collection", "top_free")
 
     assert result.exit_code == 2
-    assert "Invalid value for --country/--genre" in result.stderr
-    assert "country must be a two-letter lower-case code, got 'usa'" in result.stderr
+    assert "Invalid value for '--country': expected a two-letter storefront code" in result.stderr
+    assert "got 'usa'" in result.stderr
 
 
 # -- apps -------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 import textwrap
 from pathlib import Path
 
@@ -305,6 +306,19 @@ def test_the_lease_must_outlast_the_longest_fetch_of_one_chart(tmp_path: Path) -
     assert "max_attempts (built-in default)" in problem
 
 
+def test_the_lease_must_also_leave_the_time_kept_to_record_the_outcome(tmp_path: Path) -> None:
+    path = write(tmp_path, "[fetch]\ndeadline_seconds = 100\n")
+
+    # Fetching stops 10 s before the lease ends: a 410 s lease leaves 400 s, under 407 s.
+    problems = problems_of(path, {"MONITOR_POLL_LEASE": "410s"})
+    enough = load_settings(path, {"MONITOR_POLL_LEASE": "420s"})
+
+    assert one_problem_about(problems, "[poll] lease").endswith(
+        "by the 10s kept to record the outcome"
+    )
+    assert enough.poll.lease == dt.timedelta(seconds=420)
+
+
 def test_the_tick_must_be_shorter_than_the_interval() -> None:
     problems = problems_of(environ={"MONITOR_POLL_TICK": "2h"})
 
@@ -395,3 +409,163 @@ def test_lines_are_found_past_comments_strings_and_multiline_values(tmp_path: Pa
     assert [problem.split(": ")[0] for problem in problems] == [f"{path}:14", f"{path}:4"]
     assert "[http] port = 0" in problems[0]
     assert "[fetch] connect_timeout_seconds" in problems[1]
+
+
+# One malformed setting per row: (TOML after a comment line, the key the problem names, what
+# it says). The problem must give the file and the line of the key, then the key.
+MALFORMED = {
+    "wrong type, integer": ('[poll]\ndepth = "ten"', "[poll] depth = 'ten'", "valid integer"),
+    "wrong type, string": ("[http]\nhost = 5", "[http] host = 5", "valid string"),
+    "wrong type, list": (
+        '[alerts]\nrecipients = "ops@example.com"',
+        "[alerts] recipients = 'ops@example.com'",
+        "valid list",
+    ),
+    "below range": ("[fetch]\nconcurrency = 0", "[fetch] concurrency = 0", "greater than or"),
+    "above range": ("[fetch]\nmax_attempts = 11", "[fetch] max_attempts = 11", "less than or"),
+    "negative seconds": (
+        "[smtp]\ntimeout_seconds = -1",
+        "[smtp] timeout_seconds = -1",
+        "greater than 0",
+    ),
+    "share above one": ("[alerts]\nglitch_share = 1.5", "[alerts] glitch_share = 1.5", "less"),
+    "unknown key": ('[poll]\nfrequency = "1h"', "[poll] frequency", "unknown key"),
+    "unknown rule key": (
+        '[[alerts.rules]]\nname = "x"\nkind = "entered_top"\ntop = 10\ncolour = "red"',
+        "[alerts] rules[0].colour = 'red'",
+        "Extra inputs are not permitted",
+    ),
+    "duration in words": (
+        '[poll]\ninterval = "1 hour"',
+        "[poll] interval = '1 hour'",
+        'expected a duration such as "90s"',
+    ),
+    "fractional duration": ("[poll]\ninterval = 3600.5", "[poll] interval = 3600.5", "duration"),
+    "duration past any date": (
+        '[alerts]\ngroup_wait = "9999999999999d"',
+        "[alerts] group_wait = '9999999999999d'",
+        "a duration must be at most 365000d",
+    ),
+    "huge integer duration": (
+        "[poll]\nlease = 99999999999999999999",
+        "[poll] lease = 99999999999999999999",
+        "a duration must be at most",
+    ),
+    "bad from address": (
+        '[smtp]\nfrom_address = "not an address"',
+        "[smtp] from_address = 'not an address'",
+        "expected a plain ASCII e-mail address",
+    ),
+    "bad recipient": (
+        '[alerts]\nrecipients = ["ops@example.com", "ops at example.com"]',
+        "[alerts] recipients[1] = 'ops at example.com'",
+        "expected a plain ASCII e-mail address",
+    ),
+    "header injection in a recipient": (
+        '[alerts]\nrecipients = ["ops@example.com\\r\\nBcc: x@y"]',
+        "[alerts] recipients[0] = 'ops@example.com\\r\\nBcc: x@y'",
+        "expected a plain ASCII e-mail address",
+    ),
+    "unknown rule kind": (
+        '[[alerts.rules]]\nname = "x"\nkind = "nope"',
+        "[alerts] rules[0].kind = 'nope'",
+        "'moved', 'entered_top'",
+    ),
+    "rule without a name": (
+        '[[alerts.rules]]\nkind = "entered_top"\ntop = 10',
+        "[alerts] rules[0].name",
+        "required key is missing",
+    ),
+    "rule with a negative move": (
+        '[[alerts.rules]]\nname = "x"\nkind = "moved"\nplaces_up = -3',
+        "[alerts] rules[0]",
+        "places_up and places_down must be at least 1",
+    ),
+    "rule with a bad window": (
+        '[[alerts.rules]]\nname = "x"\nkind = "moved"\nwindow = "a day"',
+        "[alerts] rules[0].window = 'a day'",
+        "expected a duration",
+    ),
+    "bad quiet hours": (
+        '[alerts]\nquiet_hours = "22-07"',
+        "[alerts] quiet_hours = '22-07'",
+        'expected "HH:MM-HH:MM Area/City"',
+    ),
+    "feed URL without a scheme": (
+        '[itunes]\nbase_url = "itunes.apple.com"',
+        "[itunes] base_url = 'itunes.apple.com'",
+        "expected an http:// or https:// URL with a host",
+    ),
+    "script URL for Grafana": (
+        '[http]\ngrafana_url = "javascript:alert(1)"',
+        "[http] grafana_url = 'javascript:alert(1)'",
+        "expected an http:// or https:// URL with a host",
+    ),
+    "webhook that is no URL": (
+        '[alerts]\nwebhooks = ["not a url"]',
+        "[alerts] webhooks[0] = 'not a url'",
+        "expected an http:// or https:// URL with a host",
+    ),
+    "webhook with a space": (
+        '[alerts]\nwebhooks = ["https://hooks.example/a b"]',
+        "[alerts] webhooks[0] = 'https://hooks.example/a b'",
+        "without spaces or control characters",
+    ),
+    "unsupported database": (
+        '[database]\nurl = "mysql://monitor:pw@db/monitor"',
+        "[database] url = 'mysql://monitor:***@db/monitor'",
+        "expected sqlite:///",
+    ),
+    "bad storefront": (
+        '[charts]\nstorefronts = ["zz1"]',
+        "[charts] storefronts[0] = 'zz1'",
+        "expected a two-letter country code",
+    ),
+    "bad extra chart": (
+        '[charts]\nextra = ["apple/us/nonsense"]',
+        "[charts] extra[0] = 'apple/us/nonsense'",
+        "'nonsense' is not a valid Collection",
+    ),
+    "bad log format": ('[log]\nformat = "xml"', "[log] format = 'xml'", "'text' or 'json'"),
+}
+
+
+@pytest.mark.parametrize(("toml", "key", "says"), MALFORMED.values(), ids=MALFORMED.keys())
+def test_a_malformed_setting_is_one_problem_naming_file_line_and_key(
+    tmp_path: Path, toml: str, key: str, says: str
+) -> None:
+    path = write(tmp_path, "# app-rank-monitor\n" + toml + "\n")
+    section_line = 2  # the first line after the comment
+    key_name = re.findall(r"[a-z_]+", key.partition(" =")[0])[-1]  # rules[0].window: window
+    lines = path.read_text(encoding="utf-8").splitlines()
+    key_line = next(
+        (n for n, line in enumerate(lines, start=1) if line.startswith(f"{key_name} =")),
+        section_line,  # a whole rule, or a missing key: the rule's [[alerts.rules]] line
+    )
+
+    (problem,) = problems_of(path)
+
+    assert problem.startswith(f"{path}:{key_line}: {key}"), problem
+    assert says in problem, problem
+
+
+@pytest.mark.parametrize(
+    ("toml", "where"),
+    [
+        (
+            '[poll]\ninterval = "1h"\n[poll]\ntick = "1s"\n',
+            ":3:6: TOML syntax error: Cannot declare",
+        ),
+        ("[poll\n", ":1:6: TOML syntax error: Expected ']'"),
+        ('[http]\nhost = "127.0.0.1\n', ":2:18: TOML syntax error: Illegal character"),
+    ],
+    ids=["table declared twice", "unclosed table header", "unclosed string"],
+)
+def test_toml_syntax_errors_name_the_file_line_and_column(
+    tmp_path: Path, toml: str, where: str
+) -> None:
+    path = write(tmp_path, toml)
+
+    (problem,) = problems_of(path)
+
+    assert problem.startswith(f"{path}{where}"), problem

@@ -163,8 +163,28 @@ def test_the_image_is_built_in_two_stages_and_runs_unprivileged_and_unbuffered()
     assert all(
         re.fullmatch(r"python:\d+\.\d+\.\d+-slim-\w+( AS \w+)?", instructions[i][1]) for i in stages
     )
-    assert ("USER", "monitor") in final_stage
     assert any(name == "ENV" and "PYTHONUNBUFFERED=1" in args for name, args in final_stage)
+
+
+def test_the_image_runs_as_a_numeric_non_root_user_that_compose_does_not_override(
+    resolved: dict[str, Any],
+) -> None:
+    instructions = dockerfile_instructions()
+    last_from = max(i for i, (name, _) in enumerate(instructions) if name == "FROM")
+    final_stage = instructions[last_from:]
+    users = [args for name, args in final_stage if name == "USER"]
+
+    # The last USER is the one the container runs as; numeric, so that runAsNonRoot and the
+    # like can check it without reading /etc/passwd.
+    assert users, "the final stage sets no USER: the container would run as root"
+    uid, _, gid = users[-1].partition(":")
+    assert re.fullmatch(r"[1-9]\d*", uid), users[-1]
+    assert re.fullmatch(r"[1-9]\d*", gid), users[-1]
+    # The user the image creates has that uid, so its home (/data, the SQLite volume) is its own.
+    (useradd,) = [args for name, args in final_stage if name == "RUN" and "useradd" in args]
+    assert f"--uid {uid}" in useradd
+    assert "user" not in resolved["services"]["monitor"]
+    assert "privileged" not in resolved["services"]["monitor"]
 
 
 @pytest.fixture

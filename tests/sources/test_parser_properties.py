@@ -226,3 +226,37 @@ def test_each_app_keeps_the_position_of_its_first_appearance(
     assert {entry.store_id: entry.rank for entry in snapshot.entries} == expected
     assert len(snapshot.notices) == len(apps) - len(expected)
     assert (snapshot.visible_depth, snapshot.is_short) == (len(apps), False)
+
+
+def _v2_with(**app: Any) -> bytes:
+    return json.dumps({"feed": {"results": [{"id": "11", "name": "a", **app}]}}).encode()
+
+
+# Bodies at the limits of what a JSON reader takes, which generated JSON does not reach.
+PATHOLOGICAL = {
+    "nested a hundred thousand deep": b"[" * 100_000 + b"]" * 100_000,
+    "objects nested deep": b'{"feed":' * 50_000 + b"1" + b"}" * 50_000,
+    "an integer of 5000 digits": b'{"feed": {"results": [{"id": ' + b"9" * 5000 + b"}]}}",
+    "an id past any float": b'{"feed": {"results": [{"id": 1e400, "name": "a"}]}}',
+    "NaN and Infinity": b'{"feed": {"results": [{"id": NaN, "name": Infinity}]}}',
+    "a lone surrogate escaped": _v2_with(name="\ud800"),
+    "a lone surrogate raw": json.dumps({"feed": {"results": [{"id": "11", "name": "\ud800"}]}},
+                                       ensure_ascii=False).encode("utf-8", "surrogatepass"),
+    "invalid UTF-8 in a name": _v2_with(name="NAME").replace(b"NAME", b"\xff\xfe\xc0"),
+    "a byte order mark": b"\xef\xbb\xbf" + SAMPLES[SourceName.APPLE_V2].read_bytes(),
+    "UTF-16": SAMPLES[SourceName.ITUNES_RSS].read_text(encoding="utf-8").encode("utf-16"),
+    "a megabyte name": _v2_with(name="x" * 1_000_000),
+    "null": b"null",
+    "nothing": b"",
+    "a JSONP wrapper": b"callback(" + SAMPLES[SourceName.APPLE_V2].read_bytes() + b");",
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("source", sorted(SourceName))
+@pytest.mark.parametrize("body", PATHOLOGICAL.values(), ids=PATHOLOGICAL)
+def test_pathological_json_is_a_feed_error_or_a_storable_snapshot(
+    source: SourceName, body: bytes
+) -> None:
+    snapshot = parse(source, body, depth=100)
+    if snapshot is not None:
+        assert_storable(snapshot, source, depth=100)
