@@ -19,6 +19,7 @@ from psycopg import sql
 
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import upgrade
+from tests.support.requirements import unavailable
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 POSTGRES_ENV = "MONITOR_TEST_POSTGRES_URL"
@@ -29,9 +30,7 @@ def _libpq_url(sqlalchemy_url: str) -> str:
 
 
 def _postgres_unavailable(reason: str) -> None:
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"PostgreSQL is required under CI=true: {reason}")
-    pytest.skip(f"PostgreSQL tests skipped: {reason}")
+    unavailable("PostgreSQL", reason)
 
 
 @pytest.fixture(scope="session")

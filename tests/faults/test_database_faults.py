@@ -36,6 +36,7 @@ from tests.support.history_checks import history_problems, snapshots_by_chart
 from tests.support.http_server import Request, Response, ScriptedServer
 from tests.support.private_postgres import PrivatePostgres, private_postgres
 from tests.support.processes import wait_for
+from tests.support.requirements import unavailable
 from tests.support.service import ONE_SHORT_FETCH, ServiceProcess, write_config
 
 pytestmark = pytest.mark.slow
@@ -335,10 +336,7 @@ def partitioned(port: int) -> Iterator[None]:
     """Drop every packet to and from a local TCP port, as a network partition does: unlike the
     proxy's black hole, nothing is acknowledged either."""
     if shutil.which("iptables") is None or os.geteuid() != 0:
-        reason = "dropping packets needs iptables and root"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"the partition test is required under CI=true: {reason}")
-        pytest.skip(reason)
+        unavailable("a network partition (iptables)", "dropping packets needs iptables and root")
     rules = [
         ["OUTPUT", "-p", "tcp", option, str(port), "-j", "DROP"]
         for option in ("--dport", "--sport")
@@ -398,10 +396,10 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
         check=False,
     )
     if mounted.returncode != 0:
-        reason = f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(f"the disk-full test is required under CI=true: {reason}")
-        pytest.skip(reason)
+        unavailable(
+            "a small disk (tmpfs)",
+            f"cannot mount a tmpfs: {mounted.stderr.strip() or mounted.returncode}",
+        )
     try:
         yield mount_point
     finally:

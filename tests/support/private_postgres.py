@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Literal
 
 import psycopg
-import pytest
 from psycopg import sql
 
 from tests.support.processes import free_port
+from tests.support.requirements import unavailable
 
 POSTGRES_LIBS = Path("/usr/lib/postgresql")
 OS_USER = "postgres"
@@ -67,11 +67,8 @@ def unavailable_reason() -> str | None:
 
 def require_private_postgres() -> None:
     reason = unavailable_reason()
-    if reason is None:
-        return
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(f"a private PostgreSQL cluster is required under CI=true: {reason}")
-    pytest.skip(f"private PostgreSQL cluster unavailable: {reason}")
+    if reason is not None:
+        unavailable("a private PostgreSQL cluster", reason)
 
 
 class PrivatePostgres:
