@@ -21,7 +21,6 @@ from monitor.alerts.model import (
     Severity,
     message_id,
 )
-from monitor.alerts.policy import Channel
 from monitor.alerts.render import render_email
 from monitor.cli_support import (
     FORMAT_OPTION,
@@ -32,7 +31,8 @@ from monitor.cli_support import (
     watchlist_apps,
 )
 from monitor.config import Settings
-from monitor.config_types import is_mail_address, redact_url_password
+from monitor.config_types import is_mail_address
+from monitor.documents import alert_document, delivery_recipient
 from monitor.errors import DeliveryError
 from monitor.model import Store, watchlist_names
 from monitor.output import OutputFormat, render
@@ -80,38 +80,18 @@ def list_alerts(
 
 
 def _alert_row(record: AlertRecord) -> dict[str, Any]:
-    event = record.event
-    day = event.at.date()
+    day = record.event.at.date()
     return {
-        "id": record.id,
-        "at": event.at.isoformat(),
-        "app": event.app.name,
-        "store_id": event.app.store_id,
-        "chart": event.chart.slug if event.chart is not None else None,
-        "scope": event.scope,
-        "rule": event.rule,
-        "kind": event.kind.value,
-        "state": event.state.value,
-        "severity": event.severity.value,
-        "summary": event.summary,
-        "silenced_by": record.silenced_by,
+        **alert_document(record),
         "delivery": "; ".join(_delivery_text(one, day) for one in record.deliveries)
         or ("" if record.silenced_by else "none (no recipients)"),
-        "deliveries": [_delivery_document(one) for one in record.deliveries],
     }
-
-
-def _recipient(delivery: DeliveryState) -> str:
-    # A webhook URL may carry credentials; an address is shown as it is.
-    if delivery.channel == Channel.WEBHOOK:
-        return redact_url_password(delivery.recipient)
-    return delivery.recipient
 
 
 def _delivery_text(delivery: DeliveryState, day: dt.date) -> str:
     """e.g. "email ops@example.com: sent 12:03 (2 attempts)"; times on the event's day (UTC)
     without their date."""
-    where = f"{delivery.channel} {_recipient(delivery)}"
+    where = f"{delivery.channel} {delivery_recipient(delivery)}"
     tries = f"{delivery.attempts} attempt{'' if delivery.attempts == 1 else 's'}"
     if delivery.state == "sent" and delivery.sent_at is not None:
         return f"{where}: sent {_time(delivery.sent_at, day)} ({tries})"
@@ -125,18 +105,6 @@ def _delivery_text(delivery: DeliveryState, day: dt.date) -> str:
 
 def _time(moment: dt.datetime, day: dt.date) -> str:
     return moment.strftime("%H:%M" if moment.date() == day else "%Y-%m-%d %H:%M")
-
-
-def _delivery_document(delivery: DeliveryState) -> dict[str, Any]:
-    return {
-        "channel": delivery.channel,
-        "recipient": _recipient(delivery),
-        "state": delivery.state,
-        "attempts": delivery.attempts,
-        "not_before": delivery.not_before.isoformat(),
-        "sent_at": delivery.sent_at.isoformat() if delivery.sent_at else None,
-        "last_error": delivery.last_error,
-    }
 
 
 @alerts.command("test-email")

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-from typing import Any
 
 import click
 
@@ -17,8 +16,10 @@ from monitor.cli_support import (
     settings_of,
     time_option,
 )
-from monitor.model import ALL_GENRES, ChartKey, Collection, Device, RankPoint, Store
-from monitor.output import OutputFormat, printable, render
+from monitor.documents import chart_document, point_document
+from monitor.lookups import LookupFailed, one_app
+from monitor.model import ALL_GENRES, ChartKey, Collection, Device, Store
+from monitor.output import OutputFormat, render
 from monitor.store.repository import AppInfo, Repository
 
 
@@ -59,58 +60,18 @@ def history(
             since=since,
             until=until,
         )
-    rows = [_point_row(point) for point in points]
+    rows = [point_document(point) for point in points]
     columns = ["time", "chart", "status", "rank", "depth", "error"]
     if fmt != OutputFormat.TABLE:
         columns[2:2] = ["store", "country", "collection", "device", "genre"]
     click.echo(render(rows, columns, OutputFormat(fmt)), nl=False)
 
 
-def _point_row(point: RankPoint) -> dict[str, Any]:
-    return {
-        "time": point.at.isoformat(),
-        "chart": point.chart.slug,
-        "store": point.chart.store.value,
-        "country": point.chart.country,
-        "collection": point.chart.collection.value,
-        "device": point.chart.device.value,
-        "genre": point.chart.genre,
-        "status": point.status.value,
-        "rank": point.rank,
-        "depth": point.depth,
-        "error": point.error,
-    }
-
-
-APP_CANDIDATES_SHOWN = 10
-_APP_MATCHES_COUNTED = 50
-
-
 def _one_app(repository: Repository, ref: str) -> AppInfo:
-    matches = repository.find_apps(ref, limit=_APP_MATCHES_COUNTED + 1)
-    wanted = ref.strip()
-    exact = [
-        a
-        for a in matches
-        if wanted in (a.store_id, a.bundle_id) or a.name.casefold() == wanted.casefold()
-    ]
-    if len(exact) == 1:
-        return exact[0]
-    if len(matches) == 1:
-        return matches[0]
-    if not matches:
-        raise CommandFailed(f"no stored app matches {ref!r} (by store id, bundle id or name)")
-    shown = matches[:APP_CANDIDATES_SHOWN]
-    lines = [f"  {a.store_id}  {printable(a.name)}" for a in shown]
-    if len(matches) > _APP_MATCHES_COUNTED:
-        count = f"more than {_APP_MATCHES_COUNTED}"
-        lines.append("  ...")
-    else:
-        count = str(len(matches))
-        if len(matches) > len(shown):
-            lines.append(f"  ... and {len(matches) - len(shown)} more")
-    listed = "\n".join(lines)
-    raise CommandFailed(f"{count} apps match {ref!r}; use the store id:\n{listed}")
+    try:
+        return one_app(repository, ref)
+    except LookupFailed as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 @click.command()
@@ -145,18 +106,7 @@ def chart(
     columns = ["rank", "store_id", "name", "developer"]
     rows = [dataclasses.asdict(entry) for entry in view.entries]
     if fmt == OutputFormat.JSON:
-        # Shaped like the other commands' JSON: the chart as its slug, times in ISO 8601.
-        document = {
-            "chart": view.chart.slug,
-            "snapshot_id": view.snapshot_id,
-            "fetched_at": view.fetched_at.isoformat(),
-            "confirmed_at": view.confirmed_at.isoformat(),
-            "feed_updated_at": view.feed_updated_at.isoformat() if view.feed_updated_at else None,
-            "source": view.source.value,
-            "requested_depth": view.requested_depth,
-            "visible_depth": view.visible_depth,
-            "entries": rows,
-        }
+        document = chart_document(view)
         click.echo(json.dumps(document, indent=2))
         return
     if fmt == OutputFormat.TABLE:

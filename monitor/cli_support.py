@@ -14,7 +14,8 @@ from typing import Any
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
-from monitor.config import Settings, load_settings, parse_duration
+from monitor import lookups
+from monitor.config import Settings, load_settings
 from monitor.config_types import redact_url_password
 from monitor.errors import MonitorError
 from monitor.logs import configure_logging
@@ -132,31 +133,11 @@ def quiet_alembic() -> Iterator[None]:
 
 
 def parse_time(text: str, *, now: dt.datetime | None = None) -> dt.datetime:
-    """ISO date or datetime (UTC when no offset), or a duration ago such as `24h` or `7d`.
-
-    ISO is tried first: `20250126` is a date, not twenty million seconds ago.
-    """
+    """See monitor.lookups.parse_time; a usage error for what it cannot read."""
     try:
-        parsed = dt.datetime.fromisoformat(text.strip())
-    except ValueError:
-        pass
-    else:
-        if parsed.tzinfo is None:
-            return parsed.replace(tzinfo=dt.UTC)
-        try:
-            return parsed.astimezone(dt.UTC)
-        except OverflowError:  # 0001-01-01T00:00+01:00 is in the year 0 in UTC
-            raise click.BadParameter(f"{text!r} is out of range in UTC") from None
-    try:
-        return (now or dt.datetime.now(dt.UTC)) - parse_duration(text)
-    except OverflowError:
-        raise click.BadParameter(f"{text!r} ago is before the year 1") from None
-    except ValueError as exc:
-        if str(exc).startswith("a duration must be"):  # a duration, too long
-            raise click.BadParameter(f"{text!r}: {exc}") from None
-        raise click.BadParameter(
-            f"{text!r} is neither an ISO date/time nor a duration like 24h or 7d"
-        ) from None
+        return lookups.parse_time(text, now=now)
+    except lookups.LookupFailed as exc:
+        raise click.BadParameter(str(exc)) from None
 
 
 def country_option(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -178,16 +159,7 @@ def watchlist_apps(
 ) -> list[tuple[Store, str]]:
     """The watchlist apps `ref` names, by watchlist name (any case) or store id; a usage error
     listing the watchlist when there is none."""
-    wanted = ref.strip()
-    apps = [
-        key
-        for key, name in names.items()
-        if name.casefold() == wanted.casefold() or key[1] == wanted
-    ]
-    if not apps:
-        known = ", ".join(sorted(names.values())) or "it is empty"
-        raise click.BadParameter(
-            f"{ref!r} is neither the name nor the store id of a watchlist app ({known})",
-            param_hint=param_hint,
-        )
-    return apps
+    try:
+        return lookups.watchlist_apps(ref, names)
+    except lookups.LookupFailed as exc:
+        raise click.BadParameter(str(exc), param_hint=param_hint) from None

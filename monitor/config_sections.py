@@ -7,6 +7,7 @@ variables: renaming a field renames both. See monitor.config for how values are 
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -64,10 +65,31 @@ class DatabaseSettings(_Section):
         yield "url", redact_url_password(self.url)
 
 
+def _hide(value: str) -> str:
+    return "***"
+
+
 class HttpSettings(_Section):
     host: NonEmptyStr = "127.0.0.1"
     port: Annotated[int, Field(ge=1, le=65535)] = DEFAULT_HTTP_PORT
     grafana_url: HttpUrl | None = None  # linked from the status page
+    # Required by the read API (/api/v1) when set; the API is off without it off loopback.
+    api_token: Annotated[NonEmptyStr | None, Secret(_hide)] = None
+
+    @property
+    def on_loopback(self) -> bool:
+        """Whether only this machine can reach the listener (127.0.0.0/8, ::1, localhost)."""
+        if self.host.lower() == "localhost":
+            return True
+        try:
+            return ipaddress.ip_address(self.host).is_loopback
+        except ValueError:  # a host name: it may resolve to anything
+            return False
+
+    def __repr_args__(self) -> Iterator[tuple[str, object]]:
+        for key in type(self).model_fields:
+            value = getattr(self, key)
+            yield key, (_hide(value) if key == "api_token" and value is not None else value)
 
 
 class ItunesSettings(_Section):
@@ -187,10 +209,6 @@ def _domain(value: str) -> str:
 
 
 Domain = Annotated[str, StringConstraints(strip_whitespace=True), AfterValidator(_domain)]
-
-
-def _hide(value: str) -> str:
-    return "***"
 
 
 class SmtpSettings(_Section):

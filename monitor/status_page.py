@@ -182,6 +182,7 @@ class StatusPage:
         app_names: Mapping[tuple[Store, str], str],
         clock: Callable[[], dt.datetime],
         grafana_url: str | None = None,
+        api_enabled: bool = True,
         window: dt.timedelta = SPARKLINE_WINDOW,
         sparkline_charts: int = SPARKLINE_CHARTS,
     ) -> None:
@@ -190,6 +191,7 @@ class StatusPage:
         self._app_names = app_names
         self._clock = clock
         self._grafana_url = grafana_url
+        self._api_enabled = api_enabled
         self._window = window
         self._sparkline_charts = sparkline_charts
 
@@ -200,6 +202,7 @@ class StatusPage:
             "version": __version__,
             "now": now,
             "grafana_url": self._grafana_url,
+            "api_enabled": self._api_enabled,
             "window": format_duration(self._window),
             "sources": self._metrics.sources(),
             "outcomes": list(FetchOutcome),

@@ -1,4 +1,5 @@
-"""The service's HTTP surface: status page, liveness, readiness and Prometheus metrics."""
+"""The service's HTTP surface: status page, liveness, readiness, Prometheus metrics and the
+read API (monitor.api)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from fastapi import FastAPI
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 
 from monitor import __version__
+from monitor.api import ReadApi
 from monitor.metrics import EXPOSITION_CONTENT_TYPE
 
 
@@ -28,8 +30,11 @@ def create_app(
     readiness: Callable[[], Awaitable[Readiness]],
     exposition: Callable[[], Awaitable[bytes]],
     status_page: Callable[[], Awaitable[str]],
+    api: ReadApi | None = None,
 ) -> FastAPI:
-    app = FastAPI(title="app-rank-monitor", version=__version__)
+    # No Swagger UI or ReDoc: they load their scripts from a CDN, and the service works
+    # offline. The OpenAPI documents are served as JSON.
+    app = FastAPI(title="app-rank-monitor", version=__version__, docs_url=None, redoc_url=None)
 
     @app.get("/", response_class=HTMLResponse)
     async def status() -> HTMLResponse:
@@ -55,4 +60,6 @@ def create_app(
         """Prometheus metrics: this process's counters and the stored state, read once."""
         return Response(await exposition(), media_type=EXPOSITION_CONTENT_TYPE)
 
+    if api is not None:
+        api.install(app)
     return app

@@ -24,6 +24,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor import __version__
 from monitor.alerts.sender import OutboxSender
+from monitor.api import ApiSources, ReadApi
+from monitor.api.access import OFF_MESSAGE
 from monitor.config import Settings
 from monitor.errors import MonitorError, StoreError
 from monitor.metrics import DatabaseOperation, ServiceMetrics
@@ -234,6 +236,14 @@ class _Service:
     async def serving(self, listener: socket.socket) -> AsyncIterator[None]:
         """The HTTP surface, from before the database answers until everything else stopped."""
         settings = self.settings
+        app_names = watchlist_names(settings.watched_apps())
+        api = ReadApi(
+            ApiSources(self.repository, app_names, utc_now),
+            token=settings.http.api_token,
+            open_without_token=settings.http.on_loopback,
+        )
+        if not api.enabled:
+            log.warning("read API: %s", OFF_MESSAGE)
         server = _EmbeddedServer(
             uvicorn.Config(
                 create_app(
@@ -243,11 +253,13 @@ class _Service:
                         StatusPage(
                             self.repository,
                             self.metrics,
-                            app_names=watchlist_names(settings.watched_apps()),
+                            app_names=app_names,
                             clock=utc_now,
                             grafana_url=settings.http.grafana_url,
+                            api_enabled=api.enabled,
                         ).render
                     ),
+                    api=api,
                 ),
                 log_config=None,
                 lifespan="off",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -25,7 +26,7 @@ from monitor.store.results import (
     TrackedAppStatus,
 )
 from monitor.store.schedule import ChartCatalog
-from monitor.store.tables import apps, poll_tasks, snapshots
+from monitor.store.tables import apps, charts, fetch_log, poll_tasks, snapshots
 
 _APP_COLUMNS = (
     apps.c.id,
@@ -89,15 +90,31 @@ def chart_at(
     ).first()
     if row is None:
         return None
-    ranking = packing.unpack_ranking(row.ranked_app_ids)
+    return chart_views(connection, [(chart, row)])[0]
+
+
+def chart_views(connection: Connection, stored: Sequence[tuple[ChartKey, Any]]) -> list[ChartView]:
+    """Snapshot rows (all columns of `snapshots`) of the given charts as views with their
+    entries, the apps of all of them read at once."""
+    rankings = [packing.unpack_ranking(row.ranked_app_ids) for _, row in stored]
+    app_ids = {app_id for ranking in rankings for app_id in ranking.values()}
     listed = {
         app.id: app
         for app in connection.execute(
             select(apps.c.id, apps.c.store_id, apps.c.name, apps.c.developer).where(
-                apps.c.id.in_(set(ranking.values()))
+                apps.c.id.in_(app_ids)
             )
         )
     }
+    return [
+        _chart_view(chart, row, ranking, listed)
+        for (chart, row), ranking in zip(stored, rankings, strict=True)
+    ]
+
+
+def _chart_view(
+    chart: ChartKey, row: Any, ranking: Mapping[int, int], listed: Mapping[int, Any]
+) -> ChartView:
     return ChartView(
         chart=chart,
         snapshot_id=row.id,
@@ -179,3 +196,33 @@ def tracked_apps(connection: Connection, catalog: ChartCatalog) -> list[TrackedA
                 )
             )
     return [TrackedAppStatus(app=app, ranks=tuple(ranks[app.id])) for app in tracked]
+
+
+def first_poll_at(
+    connection: Connection,
+    *,
+    country: str | None = None,
+    collection: str | None = None,
+    device: str | None = None,
+) -> dt.datetime | None:
+    """When the first of the matching charts was first polled (its first snapshot or fetch):
+    no history point on them is older. One index probe per chart and table."""
+    matching = [
+        column == value
+        for column, value in (
+            (charts.c.country, country),
+            (charts.c.collection, collection),
+            (charts.c.device, device),
+        )
+        if value is not None
+    ]
+    firsts = [
+        select(func.min(table.c[column]))
+        .where(table.c.chart_id == charts.c.id)
+        .correlate(charts)
+        .scalar_subquery()
+        for table, column in ((snapshots, "fetched_at"), (fetch_log, "started_at"))
+    ]
+    times = connection.execute(select(*(func.min(first) for first in firsts)).where(*matching))
+    found = [moment for moment in times.one() if moment is not None]
+    return min(found) if found else None

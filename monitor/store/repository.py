@@ -33,6 +33,7 @@ from monitor.model import (
 from monitor.store import (
     alert_queries,
     derived,
+    exports,
     fetch_queries,
     outbox,
     queries,
@@ -40,10 +41,12 @@ from monitor.store import (
     snapshots,
 )
 from monitor.store import history as rank_history
+from monitor.store import movers as rank_movers
 from monitor.store import silences as stored_silences
 from monitor.store.alert_queries import AlertRecord
 from monitor.store.apps import AppCache, GrowthAnalyzer
 from monitor.store.engine import Database
+from monitor.store.movers import Mover
 from monitor.store.results import (
     AppInfo,
     ChartHealth,
@@ -69,6 +72,7 @@ __all__ = [
     "ChartView",
     "ChartViewEntry",
     "CurrentRank",
+    "Mover",
     "Repository",
     "ScheduleStatus",
     "ServiceState",
@@ -139,9 +143,10 @@ class Repository:
         lease: dt.timedelta,
         limit: int,
         charts: Sequence[ChartKey] | None = None,
+        include_disabled: bool = False,
     ) -> list[PollClaim]:
         """Lease up to `limit` due charts, oldest due first; with `charts`, lease those (if
-        enabled and not leased) whether due or not."""
+        enabled, or `include_disabled`, and not leased) whether due or not."""
         return self._one_statement(
             lambda c: schedule.claim_due(
                 c,
@@ -152,8 +157,15 @@ class Repository:
                 lease=lease,
                 limit=limit,
                 charts_wanted=charts,
+                include_disabled=include_disabled,
             ),
         )
+
+    def add_disabled_charts(self, charts: Sequence[ChartKey], *, now: dt.datetime) -> int:
+        """Schedule the charts of `charts` not in the schedule yet, disabled: their history
+        can be written (under a claim with `include_disabled`), but nothing polls them.
+        Returns how many were added."""
+        return self._transaction(lambda c: schedule.add_disabled(c, self._dialect, charts, now=now))
 
     def record_snapshot(
         self,
@@ -295,12 +307,73 @@ class Repository:
             ),
         )
 
+    def first_poll_at(
+        self,
+        *,
+        country: str | None = None,
+        collection: str | None = None,
+        device: str | None = None,
+    ) -> dt.datetime | None:
+        """When the first chart matching the filters was first polled: where history begins."""
+        return reading(
+            self._engine,
+            lambda c: queries.first_poll_at(
+                c, country=country, collection=collection, device=device
+            ),
+        )
+
     def chart_at(self, chart: ChartKey, at: dt.datetime | None = None) -> ChartView | None:
         """The latest snapshot of `chart` fetched at or before `at` (default: the latest)."""
         return reading(self._engine, lambda c: queries.chart_at(c, self._charts, chart, at))
 
+    def count_snapshots(self, *, since: dt.datetime | None, until: dt.datetime | None) -> int:
+        return reading(self._engine, lambda c: exports.count_snapshots(c, since=since, until=until))
+
+    def snapshot_page(
+        self,
+        *,
+        since: dt.datetime | None,
+        until: dt.datetime | None,
+        after: exports.PagePosition | None,
+        limit: int,
+    ) -> tuple[list[ChartView], exports.PagePosition | None]:
+        """Stored snapshots with their entries, chart by chart and oldest first, a page at a
+        time: pass the position a page ended at to get the next (None: it was the last)."""
+        return reading(
+            self._engine,
+            lambda c: exports.snapshot_page(
+                c, self._charts, since=since, until=until, after=after, limit=limit
+            ),
+        )
+
     def tracked_apps(self) -> list[TrackedAppStatus]:
         return reading(self._engine, lambda c: queries.tracked_apps(c, self._charts))
+
+    def movers(
+        self,
+        *,
+        now: dt.datetime,
+        window: dt.timedelta,
+        country: str | None = None,
+        collection: str | None = None,
+        device: str | None = None,
+        genre: str | None = None,
+    ) -> list[Mover]:
+        """Tracked apps that moved, entered or left a matching chart within `window` before
+        `now`, the biggest move first."""
+        return reading(
+            self._engine,
+            lambda c: rank_movers.movers(
+                c,
+                self._charts,
+                now=now,
+                window=window,
+                country=country,
+                collection=collection,
+                device=device,
+                genre=genre,
+            ),
+        )
 
     def service_state(self, *, now: dt.datetime) -> ServiceState:
         """Tracked apps' current ranks, chart health and the schedule, as of one moment."""

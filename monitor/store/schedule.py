@@ -107,21 +107,7 @@ def sync_charts(
     connection: Connection, dialect: str, wanted: Sequence[ChartKey], *, now: dt.datetime
 ) -> ChartSync:
     keys = sorted(set(wanted))
-    if keys:
-        connection.execute(
-            insert_ignoring_conflicts(charts, dialect),
-            [dict(zip(_NATURAL_KEY, _natural_key(key), strict=True)) for key in keys],
-        )
-    rows = connection.execute(select(charts.c.id, *_CHART_COLUMNS, charts.c.genre))
-    id_by_key = {tuple(row[1:]): row.id for row in rows}
-    wanted_ids = [id_by_key[_natural_key(key)] for key in keys]
-    scheduled = set(connection.scalars(select(poll_tasks.c.chart_id)))
-    added = [chart_id for chart_id in wanted_ids if chart_id not in scheduled]
-    if added:
-        connection.execute(
-            insert_ignoring_conflicts(poll_tasks, dialect),
-            [{"chart_id": chart_id, "next_due_at": now} for chart_id in added],
-        )
+    wanted_ids, added = _scheduled(connection, dialect, keys, now=now, enabled=True)
     reenabled = connection.execute(
         update(poll_tasks)
         .where(poll_tasks.c.chart_id.in_(wanted_ids), poll_tasks.c.enabled != true())
@@ -135,6 +121,43 @@ def sync_charts(
     return ChartSync(added=len(added), reenabled=reenabled, disabled=disabled, enabled=len(keys))
 
 
+def add_disabled(
+    connection: Connection, dialect: str, wanted: Sequence[ChartKey], *, now: dt.datetime
+) -> int:
+    """Give the charts of `wanted` missing from the schedule a disabled row (never polled,
+    yet claimable by name with `include_disabled`); returns how many were added."""
+    _, added = _scheduled(connection, dialect, sorted(set(wanted)), now=now, enabled=False)
+    return len(added)
+
+
+def _scheduled(
+    connection: Connection,
+    dialect: str,
+    keys: Sequence[ChartKey],
+    *,
+    now: dt.datetime,
+    enabled: bool,
+) -> tuple[list[int], list[int]]:
+    """Insert the charts of `keys` and the poll tasks missing (due `now`, `enabled` or not);
+    returns the ids of `keys` and of the tasks added."""
+    if keys:
+        connection.execute(
+            insert_ignoring_conflicts(charts, dialect),
+            [dict(zip(_NATURAL_KEY, _natural_key(key), strict=True)) for key in keys],
+        )
+    rows = connection.execute(select(charts.c.id, *_CHART_COLUMNS, charts.c.genre))
+    id_by_key = {tuple(row[1:]): row.id for row in rows}
+    wanted_ids = [id_by_key[_natural_key(key)] for key in keys]
+    scheduled = set(connection.scalars(select(poll_tasks.c.chart_id)))
+    added = [chart_id for chart_id in wanted_ids if chart_id not in scheduled]
+    if added:
+        connection.execute(
+            insert_ignoring_conflicts(poll_tasks, dialect),
+            [{"chart_id": chart_id, "next_due_at": now, "enabled": enabled} for chart_id in added],
+        )
+    return wanted_ids, added
+
+
 def _named_enabled(dialect: str) -> ColumnElement[bool]:
     enabled = poll_tasks.c.enabled == true()
     # Without statistics SQLite takes an equality on `enabled` for a selective index probe and
@@ -143,17 +166,20 @@ def _named_enabled(dialect: str) -> ColumnElement[bool]:
     return func.likely(enabled) if dialect == "sqlite" else enabled
 
 
-def _claim(dialect: str, *, named: bool) -> Update:
+def _claim(dialect: str, *, named: bool, include_disabled: bool = False) -> Update:
     """Lease up to :limit claimable charts, oldest due first, in one statement: the due ones,
-    or those among :chart_ids. Claimers on PostgreSQL skip rows another one has locked."""
+    or those among :chart_ids (enabled ones only, unless `include_disabled`). Claimers on
+    PostgreSQL skip rows another one has locked."""
     lease_free = or_(
         poll_tasks.c.lease_expires_at.is_(None), poll_tasks.c.lease_expires_at <= bindparam("now")
     )
     chosen = (
-        [among(poll_tasks.c.chart_id, "chart_ids", dialect), _named_enabled(dialect)]
+        [among(poll_tasks.c.chart_id, "chart_ids", dialect)]
         if named
         else [poll_tasks.c.enabled == true(), poll_tasks.c.next_due_at <= bindparam("now")]
     )
+    if named and not include_disabled:
+        chosen.append(_named_enabled(dialect))
     claimable = (
         select(poll_tasks.c.chart_id)
         .where(*chosen, lease_free)
@@ -183,6 +209,9 @@ def _claim(dialect: str, *, named: bool) -> Update:
 
 _CLAIM_DUE = per_dialect(lambda dialect: _claim(dialect, named=False))
 _CLAIM_NAMED = per_dialect(lambda dialect: _claim(dialect, named=True))
+_CLAIM_NAMED_EVEN_DISABLED = per_dialect(
+    lambda dialect: _claim(dialect, named=True, include_disabled=True)
+)
 
 
 def claim_due(
@@ -195,6 +224,7 @@ def claim_due(
     lease: dt.timedelta,
     limit: int,
     charts_wanted: Sequence[ChartKey] | None,
+    include_disabled: bool = False,
 ) -> list[PollClaim]:
     if limit <= 0:
         return []
@@ -206,7 +236,7 @@ def claim_due(
         ids = catalog.ids(connection, charts_wanted)
         if not ids:
             return []
-        statement = _CLAIM_NAMED[dialect]
+        statement = (_CLAIM_NAMED_EVEN_DISABLED if include_disabled else _CLAIM_NAMED)[dialect]
         parameters["chart_ids"] = sorted(ids.values())
     rows = sorted(
         connection.execute(statement, parameters), key=lambda row: (row.next_due_at, row.chart_id)
