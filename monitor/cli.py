@@ -15,7 +15,15 @@ from pathlib import Path
 
 import click
 
-from monitor import __version__, cli_alerts, cli_fetches, cli_queries, cli_silences
+from monitor import (
+    __version__,
+    cli_alerts,
+    cli_export,
+    cli_fetches,
+    cli_queries,
+    cli_replay,
+    cli_silences,
+)
 from monitor.cli_support import (
     FORMAT_OPTION,
     CliState,
@@ -188,8 +196,10 @@ for command in (
     cli_queries.chart,
     cli_queries.apps,
     cli_fetches.fetches,
+    cli_export.export,
     cli_alerts.alerts,
     cli_silences.silence,
+    cli_replay.replay_command,
 ):
     cli.add_command(command)
 
