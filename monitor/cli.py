@@ -18,6 +18,7 @@ import click
 from monitor import (
     __version__,
     cli_alerts,
+    cli_demo,
     cli_export,
     cli_fetches,
     cli_queries,
@@ -200,6 +201,7 @@ for command in (
     cli_alerts.alerts,
     cli_silences.silence,
     cli_replay.replay_command,
+    cli_demo.demo,
 ):
     cli.add_command(command)
 

@@ -7,13 +7,13 @@ import datetime as dt
 import os
 import socket
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 import httpx
 import prometheus_client
 
 from monitor.alerts.channels import EmailChannel, WebhookChannel
-from monitor.alerts.email import SmtpSender
+from monitor.alerts.email import MailSender, SmtpSender
 from monitor.alerts.policy import Channel
 from monitor.alerts.sender import OutboxSender
 from monitor.config import Settings
@@ -25,6 +25,8 @@ from monitor.sources.catalog import FeedEndpoints
 from monitor.sources.http import FeedClient, HttpSettings
 from monitor.store.engine import Database
 from monitor.store.repository import Repository
+
+Clock = Callable[[], dt.datetime]
 
 # Failed charts are retried sooner than the poll interval, to keep gaps in history short.
 FAILURE_RETRY = dt.timedelta(minutes=5)
@@ -57,18 +59,25 @@ def http_settings(settings: Settings) -> HttpSettings:
     )
 
 
-def service_repository(settings: Settings, database: Database) -> Repository:
-    """The repository of the service and its commands, evaluating the configured rules."""
-    return Repository(
-        database, alerts=settings.alerts.policy(settings.watched_apps()), clock=utc_now
-    )
+def service_repository(
+    settings: Settings, database: Database, *, clock: Clock = utc_now
+) -> Repository:
+    """The repository of the service and its commands, evaluating the configured rules.
+    `clock`, here and below: the time every collaborator reads (the demo's is simulated)."""
+    return Repository(database, alerts=settings.alerts.policy(settings.watched_apps()), clock=clock)
 
 
 @contextlib.asynccontextmanager
 async def alert_delivery(
-    settings: Settings, repository: Repository, metrics: ServiceMetrics
+    settings: Settings,
+    repository: Repository,
+    metrics: ServiceMetrics,
+    *,
+    clock: Clock = utc_now,
+    mail: MailSender | None = None,
 ) -> AsyncIterator[OutboxSender]:
-    """The outbox sender with its email and webhook channels, closed on exit."""
+    """The outbox sender with its email and webhook channels, closed on exit; emails go to
+    `mail` (default: the [smtp] server)."""
     async with httpx.AsyncClient(
         timeout=WEBHOOK_TIMEOUT_SECONDS, headers={"User-Agent": settings.fetch.user_agent}
     ) as client:
@@ -76,7 +85,7 @@ async def alert_delivery(
             repository,
             {
                 Channel.EMAIL: EmailChannel(
-                    SmtpSender(settings.smtp),
+                    mail if mail is not None else SmtpSender(settings.smtp),
                     from_address=settings.smtp.from_address,
                     grafana_url=settings.http.grafana_url,
                 ),
@@ -88,12 +97,14 @@ async def alert_delivery(
             },
             owner=owner_id(),
             domain=settings.smtp.message_id_domain,
-            clock=utc_now,
+            clock=clock,
             metrics=metrics,
         )
 
 
-def service_metrics(settings: Settings, repository: Repository) -> ServiceMetrics:
+def service_metrics(
+    settings: Settings, repository: Repository, *, clock: Clock = utc_now
+) -> ServiceMetrics:
     # A `_created` series beside every counter and histogram doubles the series Prometheus
     # stores for a timestamp nothing here reads.
     prometheus_client.disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -101,7 +112,7 @@ def service_metrics(settings: Settings, repository: Repository) -> ServiceMetric
         poll_interval=settings.poll.interval,
         read_state=lambda now: repository.service_state(now=now),
         app_labels=watchlist_names(settings.watched_apps()),
-        clock=utc_now,
+        clock=clock,
     )
 
 
@@ -112,6 +123,7 @@ async def polling(
     *,
     metrics: ServiceMetrics,
     transport: httpx.AsyncBaseTransport | None = None,
+    clock: Clock = utc_now,
 ) -> AsyncIterator[PollRounds]:
     """Everything a poll round needs, closed on exit."""
     async with FeedClient(http_settings(settings), transport=transport) as client:
@@ -129,7 +141,7 @@ async def polling(
                 failure_retry=min(FAILURE_RETRY, settings.poll.interval),
                 lease=settings.poll.lease,
             ),
-            clock=utc_now,
+            clock=clock,
             metrics=metrics,
         )
         yield PollRounds(
@@ -138,6 +150,6 @@ async def polling(
             owner=owner_id(),
             concurrency=settings.fetch.concurrency,
             lease=settings.poll.lease,
-            clock=utc_now,
+            clock=clock,
             metrics=metrics,
         )

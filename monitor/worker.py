@@ -14,13 +14,15 @@ import itertools
 import logging
 import signal
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 
 import httpx
 import uvicorn
 from apscheduler.events import EVENT_JOB_ERROR, EVENT_JOB_MISSED, JobExecutionEvent
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
+from fastapi import FastAPI
+from starlette.types import ASGIApp
 
 from monitor import __version__
 from monitor.alerts.sender import OutboxSender
@@ -40,6 +42,7 @@ from monitor.store.repository import Repository
 from monitor.store.sql import store_errors
 from monitor.web import Readiness, create_app
 from monitor.wiring import (
+    Clock,
     alert_delivery,
     polling,
     service_metrics,
@@ -85,6 +88,69 @@ def bind_listener(host: str, port: int) -> socket.socket:
         ) from exc
     sock.set_inheritable(True)
     return sock
+
+
+def service_app(
+    settings: Settings,
+    repository: Repository,
+    metrics: ServiceMetrics,
+    *,
+    readiness: Callable[[], Awaitable[Readiness]],
+    clock: Clock,
+) -> FastAPI:
+    """The service's HTTP surface (monitor.web) over `repository`, at the time of `clock`."""
+    app_names = watchlist_names(settings.watched_apps())
+    api = ReadApi(
+        ApiSources(repository, app_names, clock),
+        token=settings.http.api_token,
+        open_without_token=settings.http.on_loopback,
+    )
+    if not api.enabled:
+        log.warning("read API: %s", OFF_MESSAGE)
+    return create_app(
+        readiness=readiness,
+        exposition=SingleFlight(metrics.exposition),
+        status_page=SingleFlight(
+            StatusPage(
+                repository,
+                metrics,
+                app_names=app_names,
+                clock=clock,
+                grafana_url=settings.http.grafana_url,
+                api_enabled=api.enabled,
+            ).render
+        ),
+        api=api,
+    )
+
+
+@contextlib.asynccontextmanager
+async def serving_http(
+    app: ASGIApp, listener: socket.socket, *, on_exit: Callable[[], None] = lambda: None
+) -> AsyncIterator[None]:
+    """`app` served on `listener` by uvicorn in this event loop until the block ends;
+    `on_exit` is called if the server stops by itself before."""
+    server = _EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
+    server_task = asyncio.create_task(server.serve(sockets=[listener]))
+    server_task.add_done_callback(lambda _: on_exit())
+    try:
+        yield
+    finally:
+        server.should_exit = True
+        await server_task
+
+
+@contextlib.asynccontextmanager
+async def stopped_by_signals(stop: asyncio.Event) -> AsyncIterator[None]:
+    """SIGTERM and SIGINT set `stop` while the block runs."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        yield
+    finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
 
 
 class DatabaseProbe:
@@ -136,7 +202,7 @@ async def run_service(
         repository = service_repository(settings, db)
         metrics = service_metrics(settings, repository)
         service = _Service(settings, repository, metrics)
-        async with service.stopped_by_signals(), service.serving(listener):
+        async with stopped_by_signals(service.stop), service.serving(listener):
             if await wait_for_database(settings, db, repository, service.stop, service.starting):
                 async with (
                     polling(settings, repository, metrics=metrics, transport=transport) as rounds,
@@ -210,17 +276,6 @@ class _Service:
         self.scheduler = AsyncIOScheduler(timezone=dt.UTC)
         self._database_probe = DatabaseProbe(repository, READINESS_TIMEOUT_SECONDS)
 
-    @contextlib.asynccontextmanager
-    async def stopped_by_signals(self) -> AsyncIterator[None]:
-        loop = asyncio.get_running_loop()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stop.set)
-        try:
-            yield
-        finally:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(signum)
-
     async def readiness(self) -> Readiness:
         if self.starting.problem is not None:
             return Readiness({"scheduler": "not started", "database": self.starting.problem})
@@ -235,47 +290,14 @@ class _Service:
     @contextlib.asynccontextmanager
     async def serving(self, listener: socket.socket) -> AsyncIterator[None]:
         """The HTTP surface, from before the database answers until everything else stopped."""
-        settings = self.settings
-        app_names = watchlist_names(settings.watched_apps())
-        api = ReadApi(
-            ApiSources(self.repository, app_names, utc_now),
-            token=settings.http.api_token,
-            open_without_token=settings.http.on_loopback,
+        app = service_app(
+            self.settings, self.repository, self.metrics, readiness=self.readiness, clock=utc_now
         )
-        if not api.enabled:
-            log.warning("read API: %s", OFF_MESSAGE)
-        server = _EmbeddedServer(
-            uvicorn.Config(
-                create_app(
-                    readiness=self.readiness,
-                    exposition=SingleFlight(self.metrics.exposition),
-                    status_page=SingleFlight(
-                        StatusPage(
-                            self.repository,
-                            self.metrics,
-                            app_names=app_names,
-                            clock=utc_now,
-                            grafana_url=settings.http.grafana_url,
-                            api_enabled=api.enabled,
-                        ).render
-                    ),
-                    api=api,
-                ),
-                log_config=None,
-                lifespan="off",
-                access_log=False,
-            )
-        )
-        server_task = asyncio.create_task(server.serve(sockets=[listener]))
-        host, port = listener.getsockname()[:2]
-        log.info("app-rank-monitor %s: listening on http://%s:%s", __version__, host, port)
         # The listener failing (it never should) stops the service as a signal would.
-        server_task.add_done_callback(lambda _: self.stop.set())
-        try:
+        async with serving_http(app, listener, on_exit=self.stop.set):
+            host, port = listener.getsockname()[:2]
+            log.info("app-rank-monitor %s: listening on http://%s:%s", __version__, host, port)
             yield
-        finally:
-            server.should_exit = True
-            await server_task
 
     async def poll_until_stopped(self, rounds: PollRounds, sender: OutboxSender) -> None:
         settings, metrics, scheduler = self.settings, self.metrics, self.scheduler

@@ -1,5 +1,6 @@
-"""The channels a notification goes out on: email (through SmtpSender) and webhooks that take
-Alertmanager's JSON, so that receivers written for Alertmanager (chat bridges) work unchanged.
+"""The channels a notification goes out on: email (through SmtpSender, or MailFileSender in
+the demo) and webhooks that take Alertmanager's JSON, so that receivers written for
+Alertmanager (chat bridges) work unchanged.
 
 Each channel delivers one Notification or raises DeliveryError; retrying is the outbox
 sender's business.
@@ -13,7 +14,7 @@ from typing import Any, Protocol
 
 import httpx
 
-from monitor.alerts.email import SmtpSender
+from monitor.alerts.email import MailSender
 from monitor.alerts.model import AlertEvent, EventState, Notification
 from monitor.alerts.render import render_email
 from monitor.config_types import redact_url_password
@@ -33,15 +34,15 @@ def shown_recipient(channel: str, recipient: str) -> str:
 
 
 class EmailChannel:
-    def __init__(self, smtp: SmtpSender, *, from_address: str, grafana_url: str | None) -> None:
-        self._smtp = smtp
+    def __init__(self, mail: MailSender, *, from_address: str, grafana_url: str | None) -> None:
+        self._mail = mail
         self._from = from_address
         self._grafana_url = grafana_url
 
     async def deliver(self, notification: Notification) -> None:
         message = render_email(notification, sender=self._from, grafana_url=self._grafana_url)
         # smtplib blocks: in a worker thread, the poll rounds go on meanwhile.
-        await asyncio.to_thread(self._smtp.send, message)
+        await asyncio.to_thread(self._mail.send, message)
 
 
 class WebhookChannel:

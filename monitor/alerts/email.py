@@ -6,21 +6,42 @@ that retries the email channel. `timeout_seconds` bounds connecting, the TLS han
 every command's reply, so a server that accepts the connection and never speaks fails in time.
 
 Error messages name the server (host:port) and its reply (code and text), never the password.
+
+`MailFileSender` is its stand-in where no mail server is wanted (`app-rank-monitor demo`):
+behind the same `send`, it writes each message to a folder as an .eml file, byte for byte
+what `SmtpSender` hands the server after DATA.
 """
 
 from __future__ import annotations
 
+import copy
+import io
 import logging
+import os
+import re
 import smtplib
 import ssl
+import tempfile
+from email.generator import BytesGenerator
 from email.message import EmailMessage
 from email.utils import getaddresses
+from pathlib import Path
+from typing import Protocol
 
 from monitor.config_sections import SmtpSettings
 from monitor.config_types import is_mail_address
 from monitor.errors import DeliveryError
 
 log = logging.getLogger(__name__)
+
+# What a Message-ID may keep in a file name; the rest becomes "_".
+_FILE_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9._@-]+")
+
+
+class MailSender(Protocol):
+    """Delivers a rendered message (blocking) or raises DeliveryError; see SmtpSender."""
+
+    def send(self, message: EmailMessage) -> None: ...
 
 
 class SmtpSender:
@@ -37,7 +58,7 @@ class SmtpSender:
     def send(self, message: EmailMessage) -> None:
         """Deliver `message` to the addresses in its To, Cc and Bcc headers, or raise
         DeliveryError. Returns once the server accepted the message for every recipient."""
-        recipients = self._recipients(message)
+        recipients = envelope_recipients(message, f"not sent to {self._server}")
         client: smtplib.SMTP | None = None
         try:
             client = self._open()
@@ -60,17 +81,6 @@ class SmtpSender:
             "sent email",
             extra={"message_id": str(message["Message-ID"]), "server": self._server},
         )
-
-    def _recipients(self, message: EmailMessage) -> list[str]:
-        headers = [
-            str(value) for name in ("To", "Cc", "Bcc") for value in message.get_all(name, [])
-        ]
-        addresses = [address for _, address in getaddresses(headers)]
-        invalid = [address for address in addresses if not is_mail_address(address)]
-        if invalid or not addresses:
-            problem = f"invalid recipient address {invalid[0]!r}" if invalid else "no recipient"
-            raise DeliveryError(f"not sent to {self._server}: {problem}", permanent=True)
-        return addresses
 
     def _open(self) -> smtplib.SMTP:
         """A connection ready for MAIL: greeted, TLS as configured, logged in if configured.
@@ -137,6 +147,58 @@ class SmtpSender:
         if password:
             message = message.replace(password, "***")
         return DeliveryError(message, permanent=permanent, smtp_code=code)
+
+
+class MailFileSender:
+    """Writes each message into `folder` as `<n>-<Message-ID>.eml` (n counts up from 1, in the
+    order sent): the bytes an SMTP server would receive, with CRLF line ends, which mail
+    clients open as they are. A file appears whole or not at all."""
+
+    def __init__(self, folder: Path) -> None:
+        self._folder = folder
+        # Numbered after the messages of an earlier run in the folder, which stay.
+        self._first_number = len(list(folder.glob("*.eml"))) + 1 if folder.is_dir() else 1
+        self.written: list[Path] = []
+
+    def send(self, message: EmailMessage) -> None:
+        envelope_recipients(message, f"not written to {self._folder}")
+        name = _FILE_NAME_UNSAFE.sub("_", str(message["Message-ID"]).strip("<> "))
+        path = self._folder / f"{self._first_number + len(self.written):04d}-{name}.eml"
+        try:
+            self._folder.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(
+                dir=self._folder, prefix=".writing-", suffix=".eml", delete=False
+            ) as file:
+                file.write(smtp_data(message))
+            os.replace(file.name, path)
+        except OSError as exc:
+            raise DeliveryError(f"not written to {path}: {exc}", permanent=False) from None
+        self.written.append(path)
+        log.info("email written: %s: %s", path.name, message["Subject"], extra={"path": str(path)})
+
+
+def smtp_data(message: EmailMessage) -> bytes:
+    """The message as smtplib's `send_message` transmits it to a server without SMTPUTF8
+    (recipient addresses are plain ASCII here): Bcc left out, CRLF line ends, a final CRLF."""
+    transmitted = copy.copy(message)  # deleting rebinds the copy's header list only
+    del transmitted["Bcc"]
+    del transmitted["Resent-Bcc"]
+    with io.BytesIO() as data:
+        BytesGenerator(data).flatten(transmitted, linesep="\r\n")
+        flat = data.getvalue()
+    return flat if flat.endswith(b"\r\n") else flat + b"\r\n"
+
+
+def envelope_recipients(message: EmailMessage, not_delivered: str) -> list[str]:
+    """The addresses in the message's To, Cc and Bcc headers; DeliveryError (permanent,
+    starting with `not_delivered`) for an invalid address or none."""
+    headers = [str(value) for name in ("To", "Cc", "Bcc") for value in message.get_all(name, [])]
+    addresses = [address for _, address in getaddresses(headers)]
+    invalid = [address for address in addresses if not is_mail_address(address)]
+    if invalid or not addresses:
+        problem = f"invalid recipient address {invalid[0]!r}" if invalid else "no recipient"
+        raise DeliveryError(f"{not_delivered}: {problem}", permanent=True)
+    return addresses
 
 
 def _is_permanent(code: int) -> bool:
