@@ -219,11 +219,17 @@ def run_backend(
     }
 
 
-def create_postgres_database(admin_url: str) -> tuple[str, str]:
-    name = f"arm_bench_{uuid.uuid4().hex[:8]}"
+def create_postgres_database(
+    admin_url: str, *, name: str | None = None, template: str | None = None
+) -> tuple[str, str]:
+    """A new database (a copy of `template` if given): its URL and name."""
+    name = name or f"arm_bench_{uuid.uuid4().hex[:8]}"
     libpq = admin_url.replace("postgresql+psycopg://", "postgresql://", 1)
+    statement = sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name))
+    if template is not None:
+        statement += sql.SQL(" TEMPLATE {}").format(sql.Identifier(template))
     with psycopg.connect(libpq, autocommit=True) as conn:
-        conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        conn.execute(statement)
     return f"{admin_url.rpartition('/')[0]}/{name}", name
 
 

@@ -11,12 +11,25 @@ import datetime as dt
 from collections.abc import Collection, Sequence
 from typing import Any
 
-from sqlalchemy import ColumnElement, Connection, LargeBinary, and_, bindparam, false, func, select
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    LargeBinary,
+    and_,
+    bindparam,
+    exists,
+    false,
+    func,
+    select,
+)
 
 from monitor.model import ChartKey, FetchOutcome, RankPoint, RankStatus
 from monitor.store import packing
 from monitor.store.schedule import ChartCatalog
 from monitor.store.tables import app_ranks, apps, charts, fetch_log, snapshots
+
+# Far beyond any poll: its fetches start within its lease (5 minutes by default).
+POLL_SPAN_BOUND = dt.timedelta(days=1)
 
 
 def history(
@@ -51,13 +64,12 @@ def history(
     if only is not None:
         wanted_charts = wanted_charts.where(charts.c.id.in_(catalog.ids(connection, only).values()))
     if tracked:
-        chart_ids = set(
-            connection.scalars(
-                select(app_ranks.c.chart_id)
-                .distinct()
-                .where(app_ranks.c.app_id == app_id, app_ranks.c.chart_id.in_(wanted_charts))
-            )
+        # One probe of the primary key per chart: a DISTINCT over the app's rows would read
+        # every rank it ever had (a year of hourly polls: ~8,760 per chart) on each call.
+        listed_on = exists().where(
+            app_ranks.c.app_id == app_id, app_ranks.c.chart_id == charts.c.id
         )
+        chart_ids = set(connection.scalars(wanted_charts.where(listed_on)))
     else:
         chart_ids = _charts_listing(connection, dialect, app_id, wanted_charts)
     if not chart_ids:
@@ -85,6 +97,18 @@ def between(
     if until is not None:
         bounds.append(column <= until)
     return bounds
+
+
+def _latest_fetch_of_poll(poll_started: dt.datetime | None) -> dt.datetime | None:
+    """The latest a fetch of a poll started at `poll_started` can start: polling gives up
+    fetching before the poll's lease runs out (monitor.polling), and a lease is minutes. (A
+    poll longer than the bound would still be a point, with the error of an earlier fetch.)"""
+    if poll_started is None:
+        return None
+    try:
+        return poll_started + POLL_SPAN_BOUND
+    except OverflowError:  # past the year 9999: no bound
+        return None
 
 
 def _charts_listing(connection: Connection, dialect: str, app_id: int, wanted: Any) -> set[int]:
@@ -160,9 +184,9 @@ def _failure_points(
             fetch_log.c.chart_id.in_(keys),
             fetch_log.c.outcome == FetchOutcome.FAILED.value,
             fetch_log.c.recovered == false(),
-            # Implied by the bound on the poll (a fetch never starts before its poll), and
-            # what narrows the scan of the primary key.
-            *between(fetch_log.c.started_at, since, None),
+            # Implied by the bounds on the poll (a fetch never starts before its poll, nor
+            # after its lease), and what narrows the scan of the primary key to the range.
+            *between(fetch_log.c.started_at, since, _latest_fetch_of_poll(until)),
             *between(poll, since, until),
         )
         .order_by(fetch_log.c.chart_id, fetch_log.c.started_at)

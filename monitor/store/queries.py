@@ -223,6 +223,10 @@ def first_poll_at(
         .scalar_subquery()
         for table, column in ((snapshots, "fetched_at"), (fetch_log, "started_at"))
     ]
-    times = connection.execute(select(*(func.min(first) for first in firsts)).where(*matching))
+    # From charts even without a filter: otherwise the subqueries have no chart to correlate
+    # with, and each joins every chart to its whole table (a scan of a year of snapshots).
+    times = connection.execute(
+        select(*(func.min(first) for first in firsts)).select_from(charts).where(*matching)
+    )
     found = [moment for moment in times.one() if moment is not None]
     return min(found) if found else None
