@@ -25,11 +25,13 @@ LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 # tick): the service's own lines would drown. DEBUG lets them through for troubleshooting.
 NOISY_LOGGERS = ("httpx", "apscheduler", "uvicorn.access")
 
-# Attributes every LogRecord has; anything else on a record came from `extra=`.
+# Attributes every LogRecord has; anything else on a record came from `extra=`. uvicorn adds
+# `color_message`, its message again with terminal colour codes: not a field anyone wants.
 _RECORD_ATTRIBUTES = frozenset(vars(logging.LogRecord("", logging.INFO, "", 0, "", None, None))) | {
     "message",
     "asctime",
     "taskName",
+    "color_message",
 }
 _CORE_KEYS = ("ts", "level", "logger", "msg", "exc", "stack")
 

@@ -98,6 +98,24 @@ def test_text_lines_read_time_level_logger_message_then_key_values() -> None:
     )
 
 
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_uvicorns_coloured_copy_of_its_message_is_not_a_field(fmt: str) -> None:
+    stream = io.StringIO()
+    configure_logging(fmt, "INFO", stream)
+
+    # What uvicorn.error logs when its server stops.
+    logging.getLogger("uvicorn.error").info(
+        "Finished server process [%d]",
+        42,
+        extra={"color_message": "Finished server process [\x1b[36m%d\x1b[0m]"},
+    )
+
+    [line] = stream.getvalue().splitlines()
+    assert "color_message" not in line
+    message = json.loads(line)["msg"] if fmt == "json" else line.partition(": ")[2]
+    assert message == "Finished server process [42]"
+
+
 def test_configuring_twice_replaces_the_handler_instead_of_adding_one() -> None:
     first, second = io.StringIO(), io.StringIO()
     configure_logging("text", "INFO", first)
