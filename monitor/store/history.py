@@ -51,15 +51,7 @@ def history(
     if tracked is None:
         return []
     wanted_charts = select(charts.c.id).where(
-        *(
-            column == value
-            for column, value in (
-                (charts.c.country, country),
-                (charts.c.collection, collection),
-                (charts.c.device, device),
-            )
-            if value is not None
-        )
+        *chart_filters(country=country, collection=collection, device=device)
     )
     if only is not None:
         wanted_charts = wanted_charts.where(charts.c.id.in_(catalog.ids(connection, only).values()))
@@ -86,6 +78,21 @@ def history(
     position = {key: index for index, key in enumerate(sorted(keys.values()))}
     points.sort(key=lambda point: (position[point.chart], point.at))
     return points
+
+
+def chart_filters(
+    *, country: str | None, collection: str | None, device: str | None
+) -> list[ColumnElement[bool]]:
+    """Conditions on `charts` for the filters given (None: any)."""
+    return [
+        column == value
+        for column, value in (
+            (charts.c.country, country),
+            (charts.c.collection, collection),
+            (charts.c.device, device),
+        )
+        if value is not None
+    ]
 
 
 def between(

@@ -17,7 +17,7 @@ from sqlalchemy import (
 
 from monitor.model import ChartKey, SourceName, Store
 from monitor.store import packing
-from monitor.store.history import between
+from monitor.store.history import between, chart_filters
 from monitor.store.results import (
     AppInfo,
     ChartView,
@@ -207,15 +207,7 @@ def first_poll_at(
 ) -> dt.datetime | None:
     """When the first of the matching charts was first polled (its first snapshot or fetch):
     no history point on them is older. One index probe per chart and table."""
-    matching = [
-        column == value
-        for column, value in (
-            (charts.c.country, country),
-            (charts.c.collection, collection),
-            (charts.c.device, device),
-        )
-        if value is not None
-    ]
+    matching = chart_filters(country=country, collection=collection, device=device)
     firsts = [
         select(func.min(table.c[column]))
         .where(table.c.chart_id == charts.c.id)
