@@ -84,10 +84,6 @@ def stored(database: Database) -> dict[str, Any]:
         chart_of = {
             row.id: (row.country, row.collection) for row in connection.execute(select(charts))
         }
-        fetched_at = {
-            row.id: row.fetched_at
-            for row in connection.execute(select(snapshots.c.id, snapshots.c.fetched_at))
-        }
         snapshot_rows = {
             (chart_of[row.chart_id], row.fetched_at): (
                 row.confirmed_at,
@@ -101,7 +97,7 @@ def stored(database: Database) -> dict[str, Any]:
             for row in connection.execute(select(snapshots))
         }
         rank_rows = {
-            (store_ids[row.app_id], chart_of[row.chart_id], fetched_at[row.snapshot_id], row.rank)
+            (store_ids[row.app_id], chart_of[row.chart_id], row.fetched_at, row.rank)
             for row in connection.execute(select(app_ranks))
         }
         log_rows = {

@@ -265,7 +265,7 @@ def _last_known(
         return {}  # its last entries were dropped by policy: it is deep enough
     listed = connection.execute(
         _LAST_LISTED[dialect],
-        {"chart_id": new.chart_id, "app_ids": wanted, "snapshot_id": baseline.snapshot_id},
+        {"chart_id": new.chart_id, "app_ids": wanted, "until": depth.fetched_at},
     )
     found: dict[AppRef, int] = {}
     for row in listed:
@@ -288,30 +288,25 @@ _DEPTH_OF = select(snapshots.c.fetched_at, snapshots.c.visible_depth).where(
 
 
 def _last_listed(dialect: str) -> Select[Any]:
-    """(app id, rank, fetched_at) of the latest listing on a chart, up to a snapshot, of each
-    of some apps: a probe of the derived ranks' primary key per app (latest as written, so a
-    late, older fetch may stand for a newer one: it is as good a last sighting)."""
+    """(app id, rank, fetched_at) of the latest listing on a chart, up to a fetch time, of
+    each of some apps: a probe of the derived ranks' primary key per app."""
     latest = (
-        select(app_ranks.c.app_id, func.max(app_ranks.c.snapshot_id).label("snapshot_id"))
+        select(app_ranks.c.app_id, func.max(app_ranks.c.fetched_at).label("fetched_at"))
         .where(
             among(app_ranks.c.app_id, "app_ids", dialect),
             app_ranks.c.chart_id == bindparam("chart_id"),
-            app_ranks.c.snapshot_id <= bindparam("snapshot_id"),
+            app_ranks.c.fetched_at <= bindparam("until", type_=app_ranks.c.fetched_at.type),
         )
         .group_by(app_ranks.c.app_id)
         .subquery("latest")
     )
-    return (
-        select(latest.c.app_id, app_ranks.c.rank, snapshots.c.fetched_at)
-        .join(
-            app_ranks,
-            and_(
-                app_ranks.c.app_id == latest.c.app_id,
-                app_ranks.c.chart_id == bindparam("chart_id"),
-                app_ranks.c.snapshot_id == latest.c.snapshot_id,
-            ),
-        )
-        .join(snapshots, snapshots.c.id == latest.c.snapshot_id)
+    return select(latest.c.app_id, app_ranks.c.rank, latest.c.fetched_at).join(
+        app_ranks,
+        and_(
+            app_ranks.c.app_id == latest.c.app_id,
+            app_ranks.c.chart_id == bindparam("chart_id"),
+            app_ranks.c.fetched_at == latest.c.fetched_at,
+        ),
     )
 
 
@@ -396,7 +391,7 @@ def _kind_ranks(dialect: str) -> Select[Any]:
         select(
             charts.c.id,
             charts.c.country,
-            latest_of_chart(snapshots.c.id, charts.c.id).label("snapshot_id"),
+            latest_of_chart(snapshots.c.fetched_at, charts.c.id).label("fetched_at"),
         )
         .join(poll_tasks, poll_tasks.c.chart_id == charts.c.id)
         .where(
@@ -411,13 +406,13 @@ def _kind_ranks(dialect: str) -> Select[Any]:
     )
     listed = and_(
         app_ranks.c.chart_id == kind.c.id,
-        app_ranks.c.snapshot_id == kind.c.snapshot_id,
+        app_ranks.c.fetched_at == kind.c.fetched_at,
         among(app_ranks.c.app_id, "app_ids", dialect),
     )
     return (
         select(json_rows(dialect, kind.c.country, app_ranks.c.app_id, app_ranks.c.rank))
         .select_from(kind.outerjoin(app_ranks, listed))
-        .where(kind.c.snapshot_id.is_not(None))
+        .where(kind.c.fetched_at.is_not(None))
     )
 
 

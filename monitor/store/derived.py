@@ -135,7 +135,12 @@ def derive(
 
         def batch(connection: Connection, after: int = after) -> tuple[int, int, int]:
             rows = connection.execute(
-                select(snapshots.c.id, snapshots.c.chart_id, snapshots.c.ranked_app_ids)
+                select(
+                    snapshots.c.id,
+                    snapshots.c.chart_id,
+                    snapshots.c.fetched_at,
+                    snapshots.c.ranked_app_ids,
+                )
                 .where(snapshots.c.id > after)
                 .order_by(snapshots.c.id)
                 .limit(SNAPSHOTS_PER_BATCH)
@@ -147,7 +152,7 @@ def derive(
                     delete(app_ranks).where(
                         app_ranks.c.app_id.in_(app_ids),
                         app_ranks.c.chart_id.in_({row.chart_id for row in rows}),
-                        app_ranks.c.snapshot_id.in_([row.id for row in rows]),
+                        app_ranks.c.fetched_at.in_({row.fetched_at for row in rows}),
                     )
                 )
             derived = list(_ranks(rows, app_ids))
@@ -165,7 +170,12 @@ def derive(
 def _ranks(rows: Iterable[Any], app_ids: set[int]) -> Iterable[dict[str, Any]]:
     for row in rows:
         for app_id, rank in sorted(packing.ranks_of(row.ranked_app_ids, app_ids).items()):
-            yield {"app_id": app_id, "chart_id": row.chart_id, "snapshot_id": row.id, "rank": rank}
+            yield {
+                "app_id": app_id,
+                "chart_id": row.chart_id,
+                "fetched_at": row.fetched_at,
+                "rank": rank,
+            }
 
 
 def _ensure_apps(

@@ -152,7 +152,7 @@ def _snapshot_points(
             and_(
                 app_ranks.c.app_id == app_id,
                 app_ranks.c.chart_id == snapshots.c.chart_id,
-                app_ranks.c.snapshot_id == snapshots.c.id,
+                app_ranks.c.fetched_at == snapshots.c.fetched_at,
             ),
         )
         query = select(*columns, app_ranks.c.rank).select_from(joined).where(*where)

@@ -23,6 +23,7 @@ from sqlalchemy import Connection, func, select, text
 
 import monitor
 from monitor.errors import SchemaTooNew, StoreError
+from monitor.store import partitions
 from monitor.store.engine import Database
 from monitor.store.tables import metadata
 
@@ -43,7 +44,16 @@ def alembic_config(connection: Connection | None = None) -> Config:
 
 def context_options(dialect: str) -> dict[str, Any]:
     """What env.py passes to `context.configure` besides the connection and metadata."""
-    return {"compare_type": True, "render_as_batch": dialect == "sqlite"}
+    return {
+        "compare_type": True,
+        "render_as_batch": dialect == "sqlite",
+        "include_name": _described_by_metadata,
+    }
+
+
+def _described_by_metadata(name: str | None, type_: str, _parents: Any) -> bool:
+    """PostgreSQL's monthly partitions are the tables' storage, not tables of the schema."""
+    return not (type_ == "table" and name is not None and partitions.is_partition(name))
 
 
 @contextlib.contextmanager

@@ -132,7 +132,7 @@ def movers(
         select(
             app_ranks.c.app_id,
             app_ranks.c.chart_id,
-            app_ranks.c.snapshot_id,
+            app_ranks.c.fetched_at,
             app_ranks.c.rank,
             apps.c.store,
             apps.c.store_id,
@@ -144,19 +144,19 @@ def movers(
             # scan of every rank a tracked app ever held.
             app_ranks.c.app_id.in_(tracked),
             app_ranks.c.chart_id.in_(compared),
-            app_ranks.c.snapshot_id.in_(snapshot_ids),
+            app_ranks.c.fetched_at.in_({row.fetched_at for row in meta.values()}),
         )
     ).all()
-    ranks: dict[tuple[int, int], dict[int, int]] = {}
+    ranks: dict[tuple[int, int], dict[dt.datetime, int]] = {}
     names: dict[int, Any] = {}
     for row in ranked:
-        ranks.setdefault((row.app_id, row.chart_id), {})[row.snapshot_id] = row.rank
+        ranks.setdefault((row.app_id, row.chart_id), {})[row.fetched_at] = row.rank
         names[row.app_id] = row
     keys = catalog.keys(connection, compared)
     found = []
-    for (app_id, chart_id), by_snapshot in ranks.items():
-        current, previous = compared[chart_id]
-        rank, previous_rank = by_snapshot.get(current), by_snapshot.get(previous)
+    for (app_id, chart_id), by_fetch in ranks.items():
+        current, previous = (meta[snapshot_id] for snapshot_id in compared[chart_id])
+        rank, previous_rank = by_fetch.get(current.fetched_at), by_fetch.get(previous.fetched_at)
         if rank == previous_rank:
             continue
         app = names[app_id]
@@ -169,10 +169,10 @@ def movers(
                 chart=keys[chart_id],
                 rank=rank,
                 previous_rank=previous_rank,
-                depth=meta[current].visible_depth,
-                previous_depth=meta[previous].visible_depth,
-                at=meta[current].fetched_at,
-                previous_at=meta[previous].fetched_at,
+                depth=current.visible_depth,
+                previous_depth=previous.visible_depth,
+                at=current.fetched_at,
+                previous_at=previous.fetched_at,
             )
         )
     found.sort(key=lambda mover: (-abs(mover.places), mover.chart, mover.store_id))

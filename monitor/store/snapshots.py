@@ -160,7 +160,7 @@ def _insert_snapshot_ranks_and_log() -> Select[Any]:
         postgresql.insert(snapshots)
         .values({name: bindparam(name, type_=snapshots.c[name].type) for name in _SNAPSHOT_FIELDS})
         .on_conflict_do_nothing()
-        .returning(snapshots.c.id)
+        .returning(snapshots.c.id, snapshots.c.fetched_at)
         .cte("inserted")
     )
     # Passed as JSON, app id -> rank: psycopg dumps a list element by element in Python.
@@ -173,11 +173,11 @@ def _insert_snapshot_ranks_and_log() -> Select[Any]:
     ranked = (
         postgresql.insert(app_ranks)
         .from_select(
-            ["app_id", "chart_id", "snapshot_id", "rank"],
+            ["app_id", "chart_id", "fetched_at", "rank"],
             select(
                 listed_app_id,
                 bindparam("chart_id", type_=Integer),
-                inserted.c.id,
+                inserted.c.fetched_at,
                 cast(listed.c.value, SmallInteger),
             )
             .select_from(inserted)
@@ -370,7 +370,12 @@ def _insert(
         connection,
         dialect,
         [
-            {"app_id": app_id, "chart_id": values["chart_id"], "snapshot_id": row.id, "rank": rank}
+            {
+                "app_id": app_id,
+                "chart_id": values["chart_id"],
+                "fetched_at": values["fetched_at"],
+                "rank": rank,
+            }
             for app_id, rank in sorted(listed.items())
             if app_id in tracked
         ],

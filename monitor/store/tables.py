@@ -4,6 +4,15 @@ Snapshots are the immutable source of truth, one compact row per fetch whose con
 the ranked apps are packed into `ranked_app_ids` as little-endian uint32 internal app ids,
 position i holding rank i + 1 and 0 marking a position the parser dropped (see packing.py).
 `app_ranks` is derived from snapshots for tracked apps only and can be rebuilt at any time.
+Snapshots older than the retention ([retention] snapshot_days) are folded into `daily_ranks`,
+one packed row per chart and day, before retention removes them (store/retention.py).
+
+On PostgreSQL the three tables that grow with every poll (`snapshots`, `app_ranks`,
+`fetch_log`) are partitioned by month on their time column (store/partitions.py), so that
+retention drops a month instead of deleting its rows. A partitioned table's unique keys must
+hold the partition key, so there `snapshots` is keyed by (id, fetched_at), and nothing can
+refer to a snapshot's id alone: what points at a snapshot does so by (chart_id, fetched_at),
+or holds its id without a foreign key.
 
 Bytes matter here (a world poll stores ~100k ranked entries an hour), so every index below is
 one a query uses, and the two append-only tables keyed by a natural key (`app_ranks`,
@@ -20,6 +29,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Date,
     DateTime,
     Dialect,
     ForeignKey,
@@ -117,6 +127,9 @@ charts = Table(
     Column("collection", String(32), nullable=False),
     Column("device", String(16), nullable=False),
     Column("genre", String(8), nullable=False),
+    # Retention folded this chart's snapshots fetched before it into `daily_ranks` (a UTC
+    # midnight): history reads days before it there, and raw snapshots from it on.
+    Column("folded_before", UtcDateTime),
     UniqueConstraint("store", "country", "collection", "device", "genre"),
 )
 
@@ -167,11 +180,48 @@ app_ranks = Table(
     Column("app_id", Integer, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
     # Denormalized from the snapshot so that "charts this app was ever listed on" is a scan of
     # the primary key prefix, not a join over every snapshot.
-    Column("chart_id", Integer, nullable=False),
-    Column("snapshot_id", RowId, ForeignKey("snapshots.id", ondelete="CASCADE"), nullable=False),
+    Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), nullable=False),
+    # With chart_id, the snapshot's natural key, and the partition key on PostgreSQL. There is
+    # no foreign key to the snapshot: SQLite would look for referencing rows through a second
+    # index on every snapshot deleted, and PostgreSQL would check them on every partition
+    # detached. Writes, rebuilds and retention keep the two tables in step.
+    Column("fetched_at", UtcDateTime, nullable=False),
     Column("rank", SmallInteger, nullable=False),
-    PrimaryKeyConstraint("app_id", "chart_id", "snapshot_id"),
+    PrimaryKeyConstraint("app_id", "chart_id", "fetched_at"),
     sqlite_with_rowid=False,
+)
+
+# Snapshots older than the retention, folded per chart and UTC day: the apps listed at any
+# time of the day packed as in `snapshots.ranked_app_ids` (packing.py), and beside them, slot
+# for slot, the app's best, worst and last rank of the day and the minutes it was listed
+# (packing.pack_day_stats). A snapshot counts from its fetch until the chart's next snapshot,
+# the latest one until its last confirmation.
+daily_ranks = Table(
+    "daily_ranks",
+    metadata,
+    Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), nullable=False),
+    Column("day", Date, nullable=False),
+    # The deepest visible depth of the day's snapshots: "not listed" means below it.
+    Column("depth", SmallInteger, nullable=False),
+    Column("snapshots", SmallInteger, nullable=False),
+    Column("app_ids", LargeBinary, nullable=False),
+    Column("stats", LargeBinary, nullable=False),
+    PrimaryKeyConstraint("chart_id", "day"),
+    sqlite_with_rowid=False,
+)
+
+# Jobs that run once per period across every replica (retention, once a day): the first
+# process to insert the period's row runs it, the others find it there (store/jobs.py).
+job_runs = Table(
+    "job_runs",
+    metadata,
+    Column("job", String(32), nullable=False),
+    Column("period_start", UtcDateTime, nullable=False),
+    Column("owner", String(128), nullable=False),
+    Column("started_at", UtcDateTime, nullable=False),
+    Column("finished_at", UtcDateTime),
+    Column("outcome", Text),
+    PrimaryKeyConstraint("job", "period_start"),
 )
 
 fetch_log = Table(
@@ -232,15 +282,10 @@ alert_holds = Table(
     metadata,
     Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE"), primary_key=True),
     # The last snapshot alerts were evaluated against, and the one held back.
-    Column(
-        "baseline_snapshot_id",
-        RowId,
-        ForeignKey("snapshots.id", ondelete="CASCADE"),
-        nullable=False,
-    ),
-    Column(
-        "held_snapshot_id", RowId, ForeignKey("snapshots.id", ondelete="CASCADE"), nullable=False
-    ),
+    # Snapshot ids without a foreign key (see the module docstring); retention keeps the
+    # snapshots a hold names.
+    Column("baseline_snapshot_id", RowId, nullable=False),
+    Column("held_snapshot_id", RowId, nullable=False),
     Column("reason", Text, nullable=False),
 )
 
@@ -251,7 +296,8 @@ alert_events = Table(
     Column("at", UtcDateTime, nullable=False),
     Column("app_id", Integer, ForeignKey("apps.id", ondelete="CASCADE"), nullable=False),
     Column("chart_id", Integer, ForeignKey("charts.id", ondelete="CASCADE")),
-    Column("snapshot_id", RowId, ForeignKey("snapshots.id", ondelete="SET NULL")),
+    # The snapshot that caused it; retention may have removed it since.
+    Column("snapshot_id", RowId),
     Column("rank", SmallInteger),
     Column("previous_rank", SmallInteger),
     Column("depth", SmallInteger),

@@ -183,7 +183,7 @@ def row_counts(database: Database, tables: Sequence[Table] | None = None) -> dic
         }
 
 
-def derived_rows(database: Database) -> set[tuple[int, int, int, int]]:
+def derived_rows(database: Database) -> set[tuple[int, int, dt.datetime, int]]:
     with database.engine.connect() as connection:
         rows = connection.execute(select(app_ranks)).all()
-    return {(row.app_id, row.chart_id, row.snapshot_id, row.rank) for row in rows}
+    return {(row.app_id, row.chart_id, row.fetched_at, row.rank) for row in rows}

@@ -123,9 +123,9 @@ def history_problems(url: str) -> list[str]:
                 )
             )
         }
-        derived: dict[int, dict[int, int]] = defaultdict(dict)
+        derived: dict[tuple[int, dt.datetime], dict[int, int]] = defaultdict(dict)
         for row in connection.execute(select(app_ranks)):
-            derived[row.snapshot_id][row.app_id] = row.rank
+            derived[(row.chart_id, row.fetched_at)][row.app_id] = row.rank
         tracked = set(connection.scalars(select(apps.c.id).where(apps.c.tracked)))
         previous: dict[int, bytes] = {}
         for row in connection.execute(
@@ -138,8 +138,9 @@ def history_problems(url: str) -> list[str]:
             if (row.chart_id, row.fetched_at) not in logged:
                 problems.append(f"{name}: no fetch log row with outcome 'changed'")
             listed = packing.ranks_of(bytes(row.ranked_app_ids), tracked)
-            if derived.get(row.id, {}) != listed:
-                problems.append(f"{name}: derived ranks {derived.get(row.id, {})}, listed {listed}")
+            ranks = derived.get((row.chart_id, row.fetched_at), {})
+            if ranks != listed:
+                problems.append(f"{name}: derived ranks {ranks}, listed {listed}")
         return problems
 
     return _read(url, read)
