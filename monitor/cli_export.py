@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 SNAPSHOTS_PER_PAGE = 100
 HISTORY_COLUMNS = (
     "app", "store_id", "time", "chart", "store", "country", "collection", "device", "genre",
-    "status", "rank", "depth", "error",
+    "status", "rank", "depth", "error", "resolution", "best", "worst", "hours_listed",
 )  # fmt: skip
 CHART_COLUMNS = (
     "fetched_at", "chart", "store", "country", "collection", "device", "genre", "source",

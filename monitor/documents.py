@@ -29,6 +29,10 @@ def point_document(point: RankPoint) -> dict[str, Any]:
         "rank": point.rank,
         "depth": point.depth,
         "error": point.error,
+        "resolution": point.resolution.value,
+        "best": point.best,
+        "worst": point.worst,
+        "hours_listed": point.hours_listed,
     }
 
 

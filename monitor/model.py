@@ -175,12 +175,21 @@ class RankStatus(enum.StrEnum):
     FETCH_FAILED = "fetch_failed"
 
 
+class Resolution(enum.StrEnum):
+    POLL = "poll"  # one poll's snapshot
+    DAY = "day"  # a day of snapshots, folded by retention
+
+
 @dataclasses.dataclass(frozen=True)
 class RankPoint:
     """One point of an app's rank series on one chart.
 
     `rank` is set only when `status` is LISTED. `depth` is the visible depth of the snapshot
     (so "below 100" can be told from "below 37"); `error` names the failure for FETCH_FAILED.
+
+    A DAY point stands for a UTC day whose snapshots retention folded, at its midnight: LISTED
+    when some snapshot of the day listed the app, with `rank` its rank in the last of them,
+    `best`, `worst` and `hours_listed`; `depth` is the deepest of the day.
     """
 
     at: dt.datetime
@@ -189,6 +198,10 @@ class RankPoint:
     rank: int | None = None
     depth: int | None = None
     error: str | None = None
+    resolution: Resolution = Resolution.POLL
+    best: int | None = None
+    worst: int | None = None
+    hours_listed: float | None = None
 
 
 class FetchOutcome(enum.StrEnum):

@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from monitor.model import Collection, Device, RankStatus, SourceName, Store
+from monitor.model import Collection, Device, RankStatus, Resolution, SourceName, Store
 from monitor.store.movers import Movement
 
 
@@ -69,9 +69,18 @@ class HistoryPoint(_Body):
     status: RankStatus = Field(
         description="listed; below_depth (fetched, not within depth); fetch_failed (no data)."
     )
-    rank: int | None
+    rank: int | None = Field(
+        description="The rank; for a day point, the rank in the day's last snapshot listing it."
+    )
     depth: int | None
     error: str | None
+    resolution: Resolution = Field(
+        description="poll: one snapshot; day: a UTC day whose snapshots retention folded into"
+        " a daily summary (time is its midnight)."
+    )
+    best: int | None = Field(description="Day points: the best rank of the day.")
+    worst: int | None = Field(description="Day points: the worst rank of the day.")
+    hours_listed: float | None = Field(description="Day points: hours of the day listed.")
 
 
 class HistoryPage(Page):

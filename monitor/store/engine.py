@@ -152,6 +152,8 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute("PRAGMA synchronous = NORMAL")
             if writer:
+                # Takes effect in a new file only: retention then frees pages in place.
+                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 cursor.execute("PRAGMA journal_mode = WAL")
             else:
                 cursor.execute("PRAGMA query_only = ON")

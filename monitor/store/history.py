@@ -3,6 +3,10 @@
 A tracked app's points come from `app_ranks` joined to the snapshots of its charts; an
 untracked app's are computed from the packed rankings (slower, same answer). FETCH_FAILED
 points come from the fetch log, one per failed poll however many feeds it tried.
+
+Before a chart's `folded_before`, retention has folded its snapshots into `daily_ranks`: the
+points there are one a day (Resolution.DAY), read from the summaries whether or not the
+snapshots are still stored, so the answer is the same before and after they are removed.
 """
 
 from __future__ import annotations
@@ -23,10 +27,10 @@ from sqlalchemy import (
     select,
 )
 
-from monitor.model import ChartKey, FetchOutcome, RankPoint, RankStatus
+from monitor.model import ChartKey, FetchOutcome, RankPoint, RankStatus, Resolution
 from monitor.store import packing
 from monitor.store.schedule import ChartCatalog
-from monitor.store.tables import app_ranks, apps, charts, fetch_log, snapshots
+from monitor.store.tables import app_ranks, apps, charts, daily_ranks, fetch_log, snapshots
 
 # Far beyond any poll: its fetches start within its lease (5 minutes by default).
 POLL_SPAN_BOUND = dt.timedelta(days=1)
@@ -55,6 +59,18 @@ def history(
     )
     if only is not None:
         wanted_charts = wanted_charts.where(charts.c.id.in_(catalog.ids(connection, only).values()))
+    folded: dict[int, dt.datetime] = {
+        row.id: row.folded_before
+        for row in connection.execute(
+            select(charts.c.id, charts.c.folded_before).where(
+                charts.c.id.in_(wanted_charts), charts.c.folded_before.is_not(None)
+            )
+        )
+    }
+    # Summaries only where the window reaches a folded day.
+    folded = {
+        chart_id: before for chart_id, before in folded.items() if since is None or since < before
+    }
     if tracked:
         # One probe of the primary key per chart: a DISTINCT over the app's rows would read
         # every rank it ever had (a year of hourly polls: ~8,760 per chart) on each call.
@@ -64,13 +80,19 @@ def history(
         chart_ids = set(connection.scalars(wanted_charts.where(listed_on)))
     else:
         chart_ids = _charts_listing(connection, dialect, app_id, wanted_charts)
+    if folded:
+        chart_ids |= _charts_listing(connection, dialect, app_id, list(folded), daily=True)
     if not chart_ids:
         return []
     keys = catalog.keys(connection, chart_ids)
+    folded_at = {keys[chart_id]: before for chart_id, before in folded.items() if chart_id in keys}
+    snapshot_points = _snapshot_points(
+        connection, app_id, keys, tracked=bool(tracked), since=since, until=until
+    )
     points = [
-        *_snapshot_points(
-            connection, app_id, keys, tracked=bool(tracked), since=since, until=until
-        ),
+        # Snapshots retention folded but has not removed yet are told by their day.
+        *(p for p in snapshot_points if p.at >= folded_at.get(p.chart, p.at)),
+        *_day_points(connection, app_id, keys, folded, since=since, until=until),
         *_failure_points(connection, keys, since, until),
     ]
     # ChartKey compares field by field in Python: ordered by each chart's position instead,
@@ -95,9 +117,7 @@ def chart_filters(
     ]
 
 
-def between(
-    column: Any, since: dt.datetime | None, until: dt.datetime | None
-) -> list[ColumnElement[bool]]:
+def between(column: Any, since: dt.date | None, until: dt.date | None) -> list[ColumnElement[bool]]:
     bounds: list[ColumnElement[bool]] = []
     if since is not None:
         bounds.append(column >= since)
@@ -118,20 +138,76 @@ def _latest_fetch_of_poll(poll_started: dt.datetime | None) -> dt.datetime | Non
         return None
 
 
-def _charts_listing(connection: Connection, dialect: str, app_id: int, wanted: Any) -> set[int]:
-    """Charts with a snapshot listing an untracked app: a byte search narrows the scan, the
-    slot alignment check rejects hits that straddle two ids."""
+def _charts_listing(
+    connection: Connection, dialect: str, app_id: int, wanted: Any, *, daily: bool = False
+) -> set[int]:
+    """Charts with a snapshot (or with `daily`, a daily summary) listing an app: a byte
+    search narrows the scan, the slot alignment check rejects hits that straddle two ids."""
+    chart_id, packed = (
+        (daily_ranks.c.chart_id, daily_ranks.c.app_ids)
+        if daily
+        else (snapshots.c.chart_id, snapshots.c.ranked_app_ids)
+    )
     needle = bindparam("needle", packing.pack_ranking({1: app_id}), type_=LargeBinary)
     if dialect == "postgresql":
-        contains = func.pg_catalog.position(snapshots.c.ranked_app_ids, needle) > 0
+        contains = func.pg_catalog.position(packed, needle) > 0
     else:
-        contains = func.instr(snapshots.c.ranked_app_ids, needle) > 0
+        contains = func.instr(packed, needle) > 0
+    rows = connection.execute(select(chart_id, packed).where(chart_id.in_(wanted), contains))
+    return {found for found, ids in rows if packing.rank_of(ids, app_id)}
+
+
+def _day_points(
+    connection: Connection,
+    app_id: int,
+    keys: dict[int, ChartKey],
+    folded: dict[int, dt.datetime],
+    *,
+    since: dt.datetime | None,
+    until: dt.datetime | None,
+) -> list[RankPoint]:
+    """One point per folded day of the charts, at the day's midnight."""
+    wanted = [chart_id for chart_id in keys if chart_id in folded]
+    if not wanted:
+        return []
     rows = connection.execute(
-        select(snapshots.c.chart_id, snapshots.c.ranked_app_ids).where(
-            snapshots.c.chart_id.in_(wanted), contains
+        select(daily_ranks).where(
+            daily_ranks.c.chart_id.in_(wanted),
+            *between(daily_ranks.c.day, since and since.date(), until and until.date()),
         )
     )
-    return {row.chart_id for row in rows if packing.rank_of(row.ranked_app_ids, app_id)}
+    points = []
+    for row in rows:
+        at = dt.datetime(row.day.year, row.day.month, row.day.day, tzinfo=dt.UTC)
+        if at >= folded[row.chart_id] or (since is not None and at < since):
+            continue
+        slot = packing.rank_of(row.app_ids, app_id)
+        if slot is None:
+            points.append(
+                RankPoint(
+                    at=at,
+                    chart=keys[row.chart_id],
+                    status=RankStatus.BELOW_DEPTH,
+                    depth=row.depth,
+                    resolution=Resolution.DAY,
+                )
+            )
+            continue
+        best, worst, last, minutes = packing.day_stats_at(row.stats, slot - 1)
+        points.append(
+            RankPoint(
+                at=at,
+                chart=keys[row.chart_id],
+                status=RankStatus.LISTED,
+                rank=last,
+                depth=row.depth,
+                resolution=Resolution.DAY,
+                best=best,
+                worst=worst,
+                hours_listed=round(minutes / 60, 2),
+            )
+        )
+    return points
 
 
 def _snapshot_points(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
-from collections.abc import Collection, Mapping
+from collections.abc import Collection, Mapping, Sequence
 
 GAP = 0
 MAX_APP_ID = 2**32 - 1
@@ -88,3 +88,19 @@ def hash_bytes(content_hash: str) -> bytes:
     if len(raw) < HASH_BYTES:
         raw = hashlib.sha256(content_hash.encode()).digest()
     return raw[:HASH_BYTES]
+
+
+# -- daily summaries (daily_ranks) --------------------------------------------------------------
+# Slot for slot beside the day's packed app ids: best, worst and last rank, minutes listed.
+_DAY_STATS = struct.Struct("<4H")
+
+
+def pack_day_stats(stats: Sequence[tuple[int, int, int, int]]) -> bytes:
+    """Pack (best, worst, last rank, minutes listed) per app, in the order of its app ids."""
+    return b"".join(_DAY_STATS.pack(*row) for row in stats)
+
+
+def day_stats_at(packed: bytes, slot: int) -> tuple[int, int, int, int]:
+    """The stats of the app in `slot` (its rank in the app ids, less one)."""
+    best, worst, last, minutes = _DAY_STATS.unpack_from(packed, slot * _DAY_STATS.size)
+    return best, worst, last, minutes

@@ -40,8 +40,8 @@ def next_month(month: dt.date) -> dt.date:
 
 def months(first: dt.datetime | dt.date, last: dt.datetime | dt.date) -> list[dt.date]:
     """Every month from the one of `first` to the one of `last`, both included."""
-    found, month = [], month_start(first)
-    while month <= last:
+    found, month, final = [], month_start(first), month_start(last)
+    while month <= final:
         found.append(month)
         month = next_month(month)
     return found

@@ -26,7 +26,7 @@ from monitor.store.results import (
     TrackedAppStatus,
 )
 from monitor.store.schedule import ChartCatalog
-from monitor.store.tables import apps, charts, fetch_log, poll_tasks, snapshots
+from monitor.store.tables import apps, charts, daily_ranks, fetch_log, poll_tasks, snapshots
 
 _APP_COLUMNS = (
     apps.c.id,
@@ -205,20 +205,27 @@ def first_poll_at(
     collection: str | None = None,
     device: str | None = None,
 ) -> dt.datetime | None:
-    """When the first of the matching charts was first polled (its first snapshot or fetch):
-    no history point on them is older. One index probe per chart and table."""
+    """When the first of the matching charts was first polled (its first snapshot, fetch or
+    folded day): no history point on them is older. One index probe per chart and table."""
     matching = chart_filters(country=country, collection=collection, device=device)
     firsts = [
         select(func.min(table.c[column]))
         .where(table.c.chart_id == charts.c.id)
         .correlate(charts)
         .scalar_subquery()
-        for table, column in ((snapshots, "fetched_at"), (fetch_log, "started_at"))
+        for table, column in (
+            (snapshots, "fetched_at"),
+            (fetch_log, "started_at"),
+            (daily_ranks, "day"),
+        )
     ]
     # From charts even without a filter: otherwise the subqueries have no chart to correlate
     # with, and each joins every chart to its whole table (a scan of a year of snapshots).
     times = connection.execute(
         select(*(func.min(first) for first in firsts)).select_from(charts).where(*matching)
     )
-    found = [moment for moment in times.one() if moment is not None]
+    snapshot, fetch, day = tuple(times.one())
+    found = [moment for moment in (snapshot, fetch) if moment is not None]
+    if day is not None:
+        found.append(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC))
     return min(found) if found else None

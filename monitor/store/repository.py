@@ -35,8 +35,10 @@ from monitor.store import (
     derived,
     exports,
     fetch_queries,
+    jobs,
     outbox,
     queries,
+    retention,
     schedule,
     snapshots,
 )
@@ -61,6 +63,7 @@ from monitor.store.results import (
     TrackedRankChange,
     WatchlistSync,
 )
+from monitor.store.retention import RetentionPolicy, RetentionReport
 from monitor.store.silences import StoredSilence
 from monitor.store.sql import in_autocommit, in_transaction, reading
 
@@ -270,6 +273,53 @@ class Repository:
     def rebuild_derived(self, *, progress: Progress | None = None) -> int:
         """Recompute `app_ranks` from the snapshots; returns the rows written."""
         return derived.rebuild(self._engine, self._dialect, progress)
+
+    # -- retention -------------------------------------------------------------------------
+
+    def run_retention(
+        self,
+        policy: RetentionPolicy,
+        *,
+        now: dt.datetime,
+        progress: Progress | None = None,
+    ) -> RetentionReport:
+        """Fold and remove what `policy` no longer keeps (store/retention.py)."""
+        return retention.run_retention(
+            self._engine, self._dialect, policy, now=now, progress=progress
+        )
+
+    def claim_job(
+        self,
+        job: str,
+        *,
+        period_start: dt.datetime,
+        owner: str,
+        now: dt.datetime,
+        stale_after: dt.timedelta,
+    ) -> bool:
+        """Whether `owner` is to run `job` for the period (store/jobs.py)."""
+        return in_transaction(
+            self._engine,
+            lambda c: jobs.claim(
+                c,
+                self._dialect,
+                job=job,
+                period_start=period_start,
+                owner=owner,
+                now=now,
+                stale_after=stale_after,
+            ),
+        )
+
+    def finish_job(
+        self, job: str, *, period_start: dt.datetime, owner: str, now: dt.datetime, outcome: str
+    ) -> None:
+        in_transaction(
+            self._engine,
+            lambda c: jobs.finish(
+                c, job=job, period_start=period_start, owner=owner, now=now, outcome=outcome
+            ),
+        )
 
     # -- queries -------------------------------------------------------------------------
 
