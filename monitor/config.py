@@ -35,6 +35,7 @@ from monitor.config_sections import (
     ItunesSettings,
     LogSettings,
     PollSettings,
+    RetentionSettings,
     SeedsSettings,
     SmtpSettings,
     WatchlistSettings,
@@ -103,6 +104,7 @@ class Settings(BaseModel):
     seeds: SeedsSettings = Field(default_factory=SeedsSettings)
     smtp: SmtpSettings = Field(default_factory=SmtpSettings)
     alerts: AlertsSettings = Field(default_factory=AlertsSettings)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
 
     _resolved: _Resolved | None = PrivateAttr(default=None)
 

@@ -176,6 +176,15 @@ def _lower(value: Any) -> Any:
     return value.strip().lower() if isinstance(value, str) else value
 
 
+class RetentionSettings(_Section):
+    # A year and a month of every poll: a year-over-year comparison still has them all.
+    snapshot_days: Annotated[int, Field(ge=1, le=36_500)] = 400
+    fetch_log_days: Annotated[int, Field(ge=1, le=36_500)] = 30
+    enabled: bool = True
+    # The UTC hour from which the day's run may start (a quiet hour for the database).
+    hour: Annotated[int, Field(ge=0, le=23)] = 3
+
+
 class LogSettings(_Section):
     format: Annotated[Literal["text", "json"], BeforeValidator(_lower)] = "text"
     level: Annotated[Literal["DEBUG", "INFO", "WARNING", "ERROR"], BeforeValidator(_upper)] = "INFO"

@@ -41,6 +41,7 @@ SOURCE_DOWN_AFTER_FAILURES = 3
 # The classic text format, which every Prometheus 2.x and 3.x reads; metrics_state.py writes
 # it, and prometheus_client's generate_latest too (whose "latest" content type says 1.0.0).
 EXPOSITION_CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+RETENTION_OUTCOMES = ("ok", "failed", "interrupted")
 FETCH_DURATION_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 
 
@@ -61,6 +62,7 @@ class DatabaseOperation(enum.StrEnum):
     ROUND = "round"
     SCRAPE = "scrape"
     OUTBOX = "outbox"
+    RETENTION = "retention"
 
 
 class ServiceMetrics:
@@ -153,6 +155,20 @@ class ServiceMetrics:
             ["channel", "result"],
             registry=registry,
         )
+        self._retention_runs = Counter(
+            name("retention_runs"),
+            "Daily retention runs of this replica, by outcome (ok, failed, interrupted).",
+            ["outcome"],
+            registry=registry,
+        )
+        self._retention_last_run = Gauge(
+            name("retention_last_run_timestamp_seconds"),
+            "When this replica's last retention run ended, by outcome.",
+            ["outcome"],
+            registry=registry,
+        )
+        for outcome in RETENTION_OUTCOMES:
+            self._retention_runs.labels(outcome)
         for source in SourceName:
             for outcome in FetchOutcome:
                 self._fetches.labels(source.value, outcome.value)
@@ -229,6 +245,10 @@ class ServiceMetrics:
 
     def database_error(self, operation: DatabaseOperation) -> None:
         self._database_errors.labels(operation.value).inc()
+
+    def retention_ran(self, outcome: str, at: dt.datetime) -> None:
+        self._retention_runs.labels(outcome).inc()
+        self._retention_last_run.labels(outcome).set(at.timestamp())
 
     def lease_lost(self) -> None:
         self._leases_lost.inc()

@@ -33,6 +33,7 @@ from monitor.errors import MonitorError, StoreError
 from monitor.metrics import DatabaseOperation, ServiceMetrics
 from monitor.model import watchlist_names
 from monitor.progress import Progress
+from monitor.retention_job import RetentionJob
 from monitor.rounds import PollRounds
 from monitor.single_flight import SingleFlight
 from monitor.status_page import StatusPage
@@ -44,6 +45,7 @@ from monitor.web import Readiness, create_app
 from monitor.wiring import (
     Clock,
     alert_delivery,
+    owner_id,
     polling,
     service_metrics,
     service_repository,
@@ -56,6 +58,7 @@ log = logging.getLogger(__name__)
 # they are abandoned.
 SHUTDOWN_GRACE_SECONDS = 5.0
 READINESS_TIMEOUT_SECONDS = 2.0
+RETENTION_LOOK_EVERY = dt.timedelta(minutes=5)
 # A database that cannot be used at start-up is tried again after 1 s, 2 s, 4 s ... 30 s.
 DATABASE_RETRY_FIRST_SECONDS = 1.0
 DATABASE_RETRY_MAX_SECONDS = 30.0
@@ -208,7 +211,8 @@ async def run_service(
                     polling(settings, repository, metrics=metrics, transport=transport) as rounds,
                     alert_delivery(settings, repository, metrics) as sender,
                 ):
-                    await service.poll_until_stopped(rounds, sender)
+                    retention = RetentionJob(repository, settings, owner_id(), utc_now, metrics)
+                    await service.poll_until_stopped(rounds, sender, retention)
     log.info("stopped")
 
 
@@ -299,7 +303,9 @@ class _Service:
             log.info("app-rank-monitor %s: listening on http://%s:%s", __version__, host, port)
             yield
 
-    async def poll_until_stopped(self, rounds: PollRounds, sender: OutboxSender) -> None:
+    async def poll_until_stopped(
+        self, rounds: PollRounds, sender: OutboxSender, retention: RetentionJob
+    ) -> None:
         settings, metrics, scheduler = self.settings, self.metrics, self.scheduler
 
         async def send_due() -> None:
@@ -312,12 +318,18 @@ class _Service:
                 metrics.database_error(DatabaseOperation.OUTBOX)
                 log.error("outbox sender failed: %s", exc)
 
-        # Both start at once and run every tick; a run still going when the next is due is
-        # left to finish (a long poll round, a slow mail server), not doubled.
-        for job, name in ((rounds.tick, "poll-ticker"), (send_due, "outbox-sender")):
+        # All start at once and run every tick (retention looks every few minutes whether
+        # the day's run is due); a run still going when the next is due is left to finish (a
+        # long poll round, a slow mail server, a day's retention), not doubled.
+        jobs = (
+            (rounds.tick, "poll-ticker", settings.poll.tick),
+            (send_due, "outbox-sender", settings.poll.tick),
+            (retention.run_if_due, "retention", RETENTION_LOOK_EVERY),
+        )
+        for job, name, every in jobs:
             scheduler.add_job(
                 job,
-                IntervalTrigger(seconds=settings.poll.tick.total_seconds()),
+                IntervalTrigger(seconds=every.total_seconds()),
                 id=name,
                 max_instances=1,
                 coalesce=True,
@@ -344,5 +356,6 @@ class _Service:
             await asyncio.gather(
                 rounds.stop(grace=SHUTDOWN_GRACE_SECONDS),
                 sender.stop(grace=SHUTDOWN_GRACE_SECONDS),
+                retention.stop(grace=SHUTDOWN_GRACE_SECONDS),
             )
             scheduler.shutdown(wait=False)

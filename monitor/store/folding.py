@@ -1,7 +1,10 @@
 """Folding a chart's snapshots into daily summaries: pure code, no database.
 
-A snapshot stands from its fetch until the chart's next snapshot; the chart's last one until
-its last confirmation (an unchanged poll moves `confirmed_at`, writes no row). A UTC day's
+A snapshot stands from its fetch until the chart's next snapshot, but for no longer than
+`stands_for` past its last confirmation (an unchanged poll moves `confirmed_at` and writes no
+row): a longer gap is a time the chart was not seen (the service down, failed polls), not a
+time it stood still. Retention gives two poll intervals, so that a late poll leaves no gap.
+A UTC day's
 summary counts every snapshot standing during the day or fetched in it: per app listed in any
 of them, its best and worst rank, its rank in the last of them that listed it, and the
 minutes of the day it was listed. A day no snapshot stood in has no summary.
@@ -57,7 +60,11 @@ def midnight(day: dt.date) -> dt.datetime:
 
 
 def fold(
-    snapshots: Sequence[StoredSnapshot], *, first_day: dt.date, end_day: dt.date
+    snapshots: Sequence[StoredSnapshot],
+    *,
+    first_day: dt.date,
+    end_day: dt.date,
+    stands_for: dt.timedelta,
 ) -> Iterator[DaySummary]:
     """The summaries of the days from `first_day` up to `end_day` (excluded).
 
@@ -68,7 +75,8 @@ def fold(
     if not snapshots:
         return
     spans = [
-        (snapshot, _stands_until(snapshots, index)) for index, snapshot in enumerate(snapshots)
+        (snapshot, _stands_until(snapshots, index, stands_for))
+        for index, snapshot in enumerate(snapshots)
     ]
     day = max(first_day, snapshots[0].fetched_at.date())
     start = 0  # the first span that may reach into `day`
@@ -93,11 +101,14 @@ def fold(
         day += DAY
 
 
-def _stands_until(snapshots: Sequence[StoredSnapshot], index: int) -> dt.datetime:
+def _stands_until(
+    snapshots: Sequence[StoredSnapshot], index: int, stands_for: dt.timedelta
+) -> dt.datetime:
     snapshot = snapshots[index]
+    seen_until = max(snapshot.confirmed_at, snapshot.fetched_at) + stands_for
     if index + 1 < len(snapshots):
-        return snapshots[index + 1].fetched_at
-    return max(snapshot.confirmed_at, snapshot.fetched_at)
+        return min(snapshots[index + 1].fetched_at, seen_until)
+    return seen_until
 
 
 def _summary(

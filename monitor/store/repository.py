@@ -282,10 +282,11 @@ class Repository:
         *,
         now: dt.datetime,
         progress: Progress | None = None,
+        stopping: Callable[[], bool] = lambda: False,
     ) -> RetentionReport:
         """Fold and remove what `policy` no longer keeps (store/retention.py)."""
         return retention.run_retention(
-            self._engine, self._dialect, policy, now=now, progress=progress
+            self._engine, self._dialect, policy, now=now, progress=progress, stopping=stopping
         )
 
     def claim_job(

@@ -66,6 +66,9 @@ FETCHES_PER_BATCH = 20_000
 class RetentionPolicy:
     snapshot_days: int = 400
     fetch_log_days: int = 30
+    # The configured [poll] interval: in a summary a snapshot stands for two of them past its
+    # last confirmation at most (folding.py).
+    poll_interval: dt.timedelta = dt.timedelta(hours=1)
 
 
 @dataclasses.dataclass
@@ -79,6 +82,8 @@ class RetentionReport:
     partitions_dropped: list[str] = dataclasses.field(default_factory=list)
     bytes_reclaimed: int = 0
     failed_charts: list[str] = dataclasses.field(default_factory=list)
+    # Stopped before the end (the service shutting down): a later run goes on from there.
+    interrupted: bool = False
 
     def summary(self) -> str:
         parts = [
@@ -93,6 +98,8 @@ class RetentionReport:
             parts.append(f"reclaimed {self.bytes_reclaimed} bytes")
         if self.failed_charts:
             parts.append(f"charts not folded: {', '.join(self.failed_charts)}")
+        if self.interrupted:
+            parts.append("interrupted")
         return "; ".join(parts)
 
 
@@ -110,16 +117,23 @@ def run_retention(
     *,
     now: dt.datetime,
     progress: Progress | None = None,
+    stopping: Callable[[], bool] = lambda: False,
 ) -> RetentionReport:
+    """Fold and remove what `policy` no longer keeps, as of `now`. Checked between
+    transactions, `stopping()` ends the run early (nothing is lost: each transaction is
+    whole, and the next run starts where this one ended)."""
     report = RetentionReport(
         horizon=horizon_of(policy, now),
         fetch_log_cutoff=now - dt.timedelta(days=policy.fetch_log_days),
     )
-    run = _Run(engine, dialect, report)
+    run = _Run(engine, dialect, report, stopping, stands_for=2 * policy.poll_interval)
     if run.postgresql:
         run.make_partitions(now)
     chart_rows = reading(engine, lambda c: c.execute(_CHART_HORIZONS).all())
     for done, (chart_id, folded_before) in enumerate(chart_rows, start=1):
+        if stopping():
+            report.interrupted = True
+            return report
         try:
             run.fold_chart(chart_id, folded_before)
         except (StoreError, ValueError) as exc:
@@ -128,6 +142,9 @@ def run_retention(
             report.failed_charts.append(str(chart_id))
         if progress is not None:
             progress(done, len(chart_rows))
+    if stopping():
+        report.interrupted = True
+        return report
     if run.postgresql:
         in_transaction(engine, run.drop_folded_months)
     run.prune_fetch_log([chart_id for chart_id, _ in chart_rows])
@@ -146,8 +163,18 @@ _SNAPSHOT_COLUMNS = (
 
 
 class _Run:
-    def __init__(self, engine: Engine, dialect: str, report: RetentionReport) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        dialect: str,
+        report: RetentionReport,
+        stopping: Callable[[], bool],
+        *,
+        stands_for: dt.timedelta,
+    ) -> None:
+        self._stands_for = stands_for
         self._engine = engine
+        self._stopping = stopping
         self._dialect = dialect
         self.postgresql = dialect == "postgresql"
         self._report = report
@@ -176,7 +203,7 @@ class _Run:
             start = horizon if first is None else min(folding.midnight(first.date()), horizon)
             if start == horizon:  # nothing to fold yet: the chart is folded up to here
                 in_transaction(self._engine, lambda c: _set_folded(c, chart_id, horizon))
-        while start < horizon:
+        while start < horizon and not self._stopping():
             end = min(horizon, start + dt.timedelta(days=DAYS_PER_BATCH))
 
             def batch(
@@ -209,7 +236,9 @@ class _Run:
                 "app_ids": app_ids,
                 "stats": stats,
             }
-            for summary in folding.fold(stored, first_day=start.date(), end_day=end.date())
+            for summary in folding.fold(
+                stored, first_day=start.date(), end_day=end.date(), stands_for=self._stands_for
+            )
             for app_ids, stats in [summary.packed()]
         ]
         if rows:

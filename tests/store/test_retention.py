@@ -25,7 +25,7 @@ START = dt.datetime(2024, 12, 20, tzinfo=dt.UTC)
 DAYS = 22  # polls every 6 hours up to 2025-01-10 18:00
 NOW = dt.datetime(2025, 1, 10, 21, 0, tzinfo=dt.UTC)
 # Horizon: 2025-01-05 00:00 (NOW less 5 days, at midnight); fetch log cutoff: 2025-01-07 21:00.
-POLICY = RetentionPolicy(snapshot_days=5, fetch_log_days=3)
+POLICY = RetentionPolicy(snapshot_days=5, fetch_log_days=3, poll_interval=dt.timedelta(hours=6))
 HORIZON = dt.datetime(2025, 1, 5, tzinfo=dt.UTC)
 SLOTS = (0, 6, 12, 18)
 JANUARY = dt.datetime(2025, 1, 1, tzinfo=dt.UTC)
