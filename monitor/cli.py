@@ -40,10 +40,11 @@ from monitor.errors import MonitorError
 from monitor.model import ChartKey
 from monitor.output import OutputFormat, render
 from monitor.progress import Progress
+from monitor.retention_job import policy_of
 from monitor.rounds import RoundSummary
 from monitor.store.migrate import check_drift, current_revision, upgrade
 from monitor.store.repository import Repository
-from monitor.wiring import polling, service_metrics
+from monitor.wiring import polling, service_metrics, utc_now
 from monitor.worker import prepare_database, run_service
 
 log = logging.getLogger("monitor.cli")
@@ -190,6 +191,34 @@ def rebuild(ctx: click.Context) -> None:
         upgrade(database)
         count = Repository(database).rebuild_derived(progress=Progress("rebuild", log))
     click.echo(f"rebuilt {count} rank points from stored snapshots")
+
+
+@cli.command()
+@FORMAT_OPTION
+@click.pass_context
+def retention(ctx: click.Context, fmt: str) -> None:
+    """Fold and remove what [retention] no longer keeps, now (the service does it daily);
+    exit 1 if a chart could not be folded."""
+    settings = settings_of(ctx)
+    with open_or_fail(settings, writer=True) as database:
+        upgrade(database)
+        report = Repository(database).run_retention(
+            policy_of(settings), now=utc_now(), progress=Progress("retention", log)
+        )
+    row = {
+        "folded_before": report.horizon.isoformat(),
+        "chart_days_folded": report.days_folded,
+        "snapshots_deleted": report.snapshots_deleted,
+        "fetch_log_cutoff": report.fetch_log_cutoff.isoformat(),
+        "fetches_deleted": report.fetches_deleted,
+        "partitions_dropped": " ".join(report.partitions_dropped),
+        "partitions_made": " ".join(report.partitions_made),
+        "bytes_reclaimed": report.bytes_reclaimed,
+        "charts_not_folded": " ".join(report.failed_charts),
+    }
+    click.echo(render([row], list(row), OutputFormat(fmt)), nl=False)
+    if report.failed_charts:
+        sys.exit(1)
 
 
 for command in (

@@ -18,7 +18,7 @@ from monitor.cli_support import (
 )
 from monitor.documents import chart_document, point_document
 from monitor.lookups import LookupFailed, one_app
-from monitor.model import ALL_GENRES, ChartKey, Collection, Device, Store
+from monitor.model import ALL_GENRES, ChartKey, Collection, Device, Resolution, Store
 from monitor.output import OutputFormat, render
 from monitor.store.repository import AppInfo, Repository
 
@@ -64,6 +64,8 @@ def history(
     columns = ["time", "chart", "status", "rank", "depth", "error"]
     if fmt != OutputFormat.TABLE:
         columns[2:2] = ["store", "country", "collection", "device", "genre"]
+    if any(point.resolution is Resolution.DAY for point in points):
+        columns += ["resolution", "best", "worst", "hours_listed"]
     click.echo(render(rows, columns, OutputFormat(fmt)), nl=False)
 
 

@@ -31,8 +31,10 @@ from monitor.model import ChartKey
 from monitor.sources.catalog import FeedEndpoints, feed_requests
 from monitor.store.engine import open_database
 from monitor.store.repository import Repository
+from tests.store.conftest import DEEPSEEK as DEEPSEEK_ID
 from tests.support.fake_apple import DEEPSEEK, FakeAppleCharts
 from tests.support.http_server import Request, Response, ScriptedServer
+from tests.test_retention_job import OLD, OLD_DAYS, store_old_history
 
 US_TOP_FREE = "us/top_free"
 DEFAULT_STOREFRONTS = ("us", "gb", "de", "fr", "jp", "kr", "cn", "in", "br", "ca", "au")
@@ -530,3 +532,28 @@ def test_rebuild_reports_the_rank_points_it_derived_and_leaves_every_history_ide
     assert listed > 33  # several watched apps on several charts
     assert result.stdout == f"rebuilt {listed} rank points from stored snapshots\n"
     assert after == before
+
+
+def test_retention_folds_old_snapshots_now_and_history_reads_their_days(
+    any_deployment: Deployment,
+) -> None:
+    store_old_history(any_deployment.database_url)
+
+    (report,) = any_deployment.json("retention")
+    history = any_deployment.json("history", "--app", DEEPSEEK_ID, "--country", "us")
+    text = ok(any_deployment.run("history", "--app", DEEPSEEK_ID, "--country", "us")).stdout
+
+    # The last snapshot stands two poll intervals (2 h) past its fetch at 23:00: into a day
+    # of its own.
+    assert report["chart_days_folded"] == OLD_DAYS + 1
+    assert report["charts_not_folded"] == ""
+    days = [point for point in history if point["resolution"] == "day"]
+    assert [point["time"][:10] for point in days] == [
+        (OLD + dt.timedelta(days=n)).date().isoformat() for n in range(OLD_DAYS + 1)
+    ]
+    # Every hour of each day DeepSeek stood somewhere from #1 to #7 of the chart.
+    assert {(p["best"], p["worst"], p["hours_listed"]) for p in days[:-1]} == {(1, 7, 24.0)}
+    assert days[-1]["hours_listed"] == 1.0
+    assert table(text)[0]["resolution"] == "day"
+    again = any_deployment.json("retention")
+    assert again[0]["chart_days_folded"] == 0
