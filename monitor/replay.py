@@ -171,10 +171,22 @@ def replay(
     progress: Callable[[int, int], None] = lambda done, total: None,
 ) -> ReplayReport:
     """Import `payloads` in their order into `repository`, or only parse them when it is None
-    (a dry run). The charts must be in the schedule already (enabled or not)."""
+    (a dry run). The charts must be in the schedule already (enabled or not).
+
+    A payload older than where retention folded its chart is not imported: its day is a
+    summary already, which a snapshot cannot be added to."""
+    horizons: dict[ChartKey, dt.datetime | None] = {}
     for done, payload in enumerate(payloads, start=1):
         chart = report.of(payload.chart)
         chart.payloads += 1
+        if repository is not None and payload.chart not in horizons:
+            horizons[payload.chart] = repository.folded_before(payload.chart)
+        horizon = horizons.get(payload.chart)
+        if horizon is not None and payload.fetched_at < horizon:
+            why = f"older than {horizon:%Y-%m-%d}, before which retention keeps daily summaries"
+            report.failed(ReplayFailure(payload.name, f"not imported: {why}", chart.chart))
+            progress(done, len(payloads))
+            continue
         try:
             body = read_body(payload, max_bytes=settings.max_body_bytes)
             snapshot = parse(payload, body, depth=settings.depth)

@@ -32,6 +32,7 @@ from monitor.sources.catalog import FeedEndpoints
 from monitor.sources.http import FeedClient
 from monitor.store.engine import Database, open_database
 from monitor.store.repository import Repository
+from monitor.store.retention import RetentionPolicy, horizon_of
 from monitor.store.tables import charts, poll_tasks, snapshots
 from monitor.wiring import utc_now
 from tests.conftest import migrated
@@ -380,3 +381,30 @@ def test_imported_history_raises_alerts_only_when_asked(
         events = deployed.json("alerts", "list")
     # Claude takes #1 from ChatGPT: the default rule "top-top1" fires for it.
     assert any(event["rule"] == "top-top1" for event in events) is alerted, events
+
+
+def test_replay_does_not_import_a_payload_older_than_where_retention_folded(
+    any_deployment: Deployment, tmp_path: Path
+) -> None:
+    folder = tmp_path / "old"
+    write(folder / "us/top_free/20250126T060000Z.apple_v2.json", V2_US_FREE)
+    ok_first = any_deployment.run("replay", str(folder))
+    assert ok_first.exit_code == 0, ok_first.output
+    # January 2025 is more than 400 days old for any run of this test: folded now.
+    assert any_deployment.json("retention")[0]["chart_days_folded"] == 1
+    write(folder / "us/top_free/20250126T070000Z.apple_v2.json", HTML_ERROR_PAGE)
+
+    result = any_deployment.run("replay", str(folder))
+
+    assert result.exit_code == 1
+    failed = sorted(line for line in result.stderr.splitlines() if line.startswith("failed: "))
+    assert failed == [
+        "failed: us/top_free/20250126T060000Z.apple_v2.json: not imported: older than "
+        f"{retention_horizon():%Y-%m-%d}, before which retention keeps daily summaries",
+        "failed: us/top_free/20250126T070000Z.apple_v2.json: not imported: older than "
+        f"{retention_horizon():%Y-%m-%d}, before which retention keeps daily summaries",
+    ]
+
+
+def retention_horizon() -> dt.datetime:
+    return horizon_of(RetentionPolicy(), utc_now())

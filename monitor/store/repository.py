@@ -289,6 +289,10 @@ class Repository:
             self._engine, self._dialect, policy, now=now, progress=progress, stopping=stopping
         )
 
+    def folded_before(self, chart: ChartKey) -> dt.datetime | None:
+        """Where retention folded `chart` up to: no snapshot before it is read any more."""
+        return reading(self._engine, lambda c: retention.folded_before(c, self._charts, chart))
+
     def claim_job(
         self,
         job: str,

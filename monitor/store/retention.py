@@ -42,7 +42,9 @@ from sqlalchemy import (
 )
 
 from monitor.errors import StoreError
+from monitor.model import ChartKey
 from monitor.store import folding, partitions
+from monitor.store.schedule import ChartCatalog
 from monitor.store.sql import in_transaction, insert_ignoring_conflicts, reading
 from monitor.store.tables import (
     alert_holds,
@@ -407,6 +409,15 @@ def _kept(connection: Connection, chart_id: int, folded_before: dt.datetime) -> 
     held = select(snapshots.c.fetched_at).where(of_chart, snapshots.c.id.in_(held_ids))
     kept = {connection.scalar(latest), connection.scalar(standing), *connection.scalars(held)}
     return {moment for moment in kept if moment is not None}
+
+
+def folded_before(
+    connection: Connection, catalog: ChartCatalog, chart: ChartKey
+) -> dt.datetime | None:
+    chart_id = catalog.ids(connection, [chart]).get(chart)
+    if chart_id is None:
+        return None
+    return connection.scalar(select(charts.c.folded_before).where(charts.c.id == chart_id))
 
 
 def _like(name: str, parent: Any) -> TableClause:

@@ -53,7 +53,8 @@ def _natural_key(chart: ChartKey) -> tuple[str, str, str, str, str]:
 
 
 class ChartCatalog:
-    """Chart id <-> ChartKey. Chart rows never change once written, so this caches forever.
+    """Chart id <-> ChartKey. A chart's id and key never change once written, so this caches
+    forever.
 
     Only ids read from committed rows are cached (a rolled-back insert on SQLite may hand the
     same id to another chart later).

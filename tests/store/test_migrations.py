@@ -9,9 +9,9 @@ import sys
 import textwrap
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
-from monitor.model import RankStatus
+from monitor.model import RankStatus, Store, WatchedApp
 from monitor.store import partitions
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import (
@@ -185,3 +185,41 @@ def _fetch_log_sql(database: Database) -> str:
             "SELECT sql FROM sqlite_master WHERE name = 'fetch_log'"
         ).scalar_one()
     return sql
+
+
+def test_the_history_tables_migrate_down_below_retention_and_up_with_their_rows(
+    database_url: str,
+) -> None:
+    with open_database(database_url, writer=True) as database:
+        upgrade(database)
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=T0)
+        repository.sync_watchlist([WatchedApp(Store.APPLE, CHATGPT, "ChatGPT")])
+        poller = Poller(repository, database)
+        for hour in range(3):
+            poller.store(US_FREE, T0 + hour * HOUR, [CHATGPT, str(hour)][:: 1 - 2 * (hour % 2)])
+        poller.fail(US_FREE, T0 + 3 * HOUR)
+        (app,) = repository.find_apps(CHATGPT)
+        before = repository.history(app.id)
+
+        downgrade(database, "0004")
+        with database.engine.connect() as connection:
+            old_ranks = connection.exec_driver_sql(
+                "SELECT r.rank, s.fetched_at FROM app_ranks r"
+                " JOIN snapshots s ON s.id = r.snapshot_id ORDER BY s.fetched_at"
+            ).all()
+        upgrade(database)
+
+        assert [rank for rank, _ in old_ranks] == [1, 2, 1]
+        assert check_drift(database) == []
+        assert Repository(database).history(app.id) == before
+        assert row_counts(database, [fetch_log])["fetch_log"] == 4
+        if database.dialect == "postgresql":
+            with database.engine.connect() as connection:
+                made = set(
+                    connection.scalars(
+                        text("SELECT tablename FROM pg_tables WHERE tablename LIKE 'snapshots_%'")
+                    )
+                )
+            # The month of the rows, and the default partition.
+            assert {"snapshots_p202501", "snapshots_default"} <= made
