@@ -14,9 +14,12 @@ builder inserts the same snapshots (packed ranking, content hash), fetch log row
 the order the service writes them (hour by hour, chart by chart, so each chart's year is
 spread over the table as in a real database) in batches, then derives `app_ranks` with the
 watchlist backfill's own code (monitor.store.derived). tests/test_bench_api_history.py checks
-that it stores what the write path stores for the same polls. PostgreSQL then gets the
-VACUUM ANALYZE its autovacuum would have run during the year; SQLite, which the service never
-analyzes, gets none.
+that it stores what the write path stores for the same polls. On PostgreSQL the months of the
+year are partitions, as the daily retention run makes them ahead of need. Then the service's
+own retention runs with the default policy, as it would have every day: nothing is folded
+(400 days), the fetch log is cut to its last 30 days. PostgreSQL then gets the VACUUM ANALYZE
+its autovacuum would have run during the year; SQLite, which the service never analyzes, gets
+none.
 
 The built database is cached (SQLite: bench/.cache/, gitignored; PostgreSQL: the database
 CACHE_NAME on the server, `--drop-cache` removes it) and reused while its data is younger than
@@ -29,8 +32,12 @@ pages, total time and the slowest page. `since=7d` is sent as the time 7 days be
 data's last poll, so a cached database answers as a fresh one would. Target (issue #6): every
 history request answered in <= 300 ms.
 
+Then retention folds the older part of the year on the same copy (`--folded-days`, default
+180: the first half of the year becomes daily summaries, its snapshots removed) and the same
+requests are measured again: history reading summaries and snapshots together.
+
     python bench/api_history.py [--backend sqlite|postgres|both] [--repeat 20] [--rebuild]
-        [--drop-cache] [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
+        [--folded-days 180] [--drop-cache] [--postgres-url postgresql+psycopg://postgres@127.0.0.1:5432/postgres]
 """
 
 from __future__ import annotations
@@ -61,15 +68,17 @@ from sqlalchemy import Connection, bindparam, func, insert, select, update
 
 from monitor.config import Settings, load_settings
 from monitor.model import ChartKey, Collection, FetchOutcome, FetchRecord, SourceName
-from monitor.store import derived, packing
+from monitor.store import derived, packing, partitions
 from monitor.store.engine import Database, open_database
+from monitor.store.repository import Repository
+from monitor.store.retention import RetentionPolicy
 from monitor.store.schedule import ChartCatalog
 from monitor.store.tables import apps, fetch_log, poll_tasks, snapshots
 from monitor.worker import prepare_database
 
 HERE = Path(__file__).resolve().parent
 CACHE_DIR = HERE / ".cache"
-DATA_VERSION = 1  # bump when the data changes: cached databases of other versions are unused
+DATA_VERSION = 2  # bump when the data changes: cached databases of other versions are unused
 CACHE_NAME = f"arm_bench_api_history_v{DATA_VERSION}"
 MAX_CACHE_AGE = dt.timedelta(days=30)
 
@@ -325,15 +334,24 @@ def build(settings: Settings, *, hours: int = HOURS) -> dict[str, Any]:
     with open_database(settings.database.url, writer=True) as database:
         prepare_database(settings, database)
         charts = settings.chart_keys()
+        if database.dialect == "postgresql":
+            with database.engine.begin() as connection:
+                partitions.ensure_months(connection, partitions.months(end - hours * HOUR, end))
         stored = bulk_write(database, charts, polls(charts, hours=hours, end=end))
         with database.engine.begin() as connection:
             # Nothing is due while the benchmark's service runs: it only serves.
             connection.execute(update(poll_tasks).values(next_due_at=FAR_FUTURE))
+        retention = Repository(database).run_retention(RetentionPolicy(), now=end)
     if settings.database.url.startswith("postgresql"):
         # Outside the service's engine, whose statement timeout a big VACUUM may pass.
         with psycopg.connect(_libpq(settings.database.url), autocommit=True) as conn:
             conn.execute("VACUUM ANALYZE")
-    return {"snapshots": stored, "build_s": round(time.perf_counter() - started, 1)}
+    return {
+        "snapshots": stored,
+        "fetches_deleted": retention.fetches_deleted,
+        "partitions_dropped": len(retention.partitions_dropped),
+        "build_s": round(time.perf_counter() - started, 1),
+    }
 
 
 def data_end(database_url: str) -> dt.datetime | None:
@@ -468,7 +486,37 @@ def measure(port: int, end: dt.datetime, repeat: int) -> dict[str, dict[str, Any
     return results
 
 
-def run_backend(backend: str, admin_url: str, *, repeat: int, rebuild: bool) -> dict[str, Any]:
+def fold(url: str, end: dt.datetime, days: int) -> dict[str, Any]:
+    """Retention on the copy at `url` as of `end`, keeping `days` of snapshots."""
+    started = time.perf_counter()
+    with open_database(url, writer=True) as database:
+        report = Repository(database).run_retention(RetentionPolicy(snapshot_days=days), now=end)
+    return {
+        "chart_days_folded": report.days_folded,
+        "snapshots_deleted": report.snapshots_deleted,
+        "partitions_dropped": len(report.partitions_dropped),
+        "retention_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def serve_and_measure(url: str, directory: Path, end: dt.datetime, repeat: int) -> Any:
+    port = free_port()
+    config = write_config(directory, url, port)
+    service = subprocess.Popen(
+        [sys.executable, "-m", "monitor", "--config", str(config), "run"],
+        stdout=subprocess.DEVNULL,
+    )
+    try:
+        wait_ready(port, service)
+        return measure(port, end, repeat)
+    finally:
+        service.terminate()
+        service.wait(timeout=30)
+
+
+def run_backend(
+    backend: str, admin_url: str, *, repeat: int, rebuild: bool, folded_days: int
+) -> list[dict[str, Any]]:
     cache_url, built = cached_database(backend, admin_url, rebuild=rebuild)
     end = data_end(cache_url)
     assert end is not None
@@ -480,22 +528,16 @@ def run_backend(backend: str, admin_url: str, *, repeat: int, rebuild: bool) -> 
         else:
             url, scratch = create_postgres_database(admin_url, template=CACHE_NAME)
         try:
-            port = free_port()
-            config = write_config(Path(tmp), url, port)
-            service = subprocess.Popen(
-                [sys.executable, "-m", "monitor", "--config", str(config), "run"],
-                stdout=subprocess.DEVNULL,
-            )
-            try:
-                wait_ready(port, service)
-                results = measure(port, end, repeat)
-            finally:
-                service.terminate()
-                service.wait(timeout=30)
+            results = serve_and_measure(url, Path(tmp), end, repeat)
+            folded = fold(url, end, folded_days)
+            folded_results = serve_and_measure(url, Path(tmp), end, repeat)
         finally:
             if scratch is not None:
                 drop_postgres_database(admin_url, scratch)
-    return {"backend": backend, "database": built, "data_end": end.isoformat(), **results}
+    return [
+        {"backend": backend, "database": built, "data_end": end.isoformat(), **results},
+        {"backend": f"{backend}, {folded_days} d kept", "retention": folded, **folded_results},
+    ]
 
 
 def table(results: Sequence[dict[str, Any]]) -> str:
@@ -534,6 +576,12 @@ def main() -> None:
     parser.add_argument(
         "--postgres-url", default="postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
     )
+    parser.add_argument(
+        "--folded-days",
+        type=int,
+        default=180,
+        help="snapshot days kept by the retention run before the second measure",
+    )
     args = parser.parse_args()
     if args.drop_cache:
         shutil.rmtree(CACHE_DIR, ignore_errors=True)
@@ -542,9 +590,15 @@ def main() -> None:
     backends = ["sqlite", "postgres"] if args.backend == "both" else [args.backend]
     results = []
     for backend in backends:
-        result = run_backend(backend, args.postgres_url, repeat=args.repeat, rebuild=args.rebuild)
-        print(json.dumps(result), flush=True)
-        results.append(result)
+        for result in run_backend(
+            backend,
+            args.postgres_url,
+            repeat=args.repeat,
+            rebuild=args.rebuild,
+            folded_days=args.folded_days,
+        ):
+            print(json.dumps(result), flush=True)
+            results.append(result)
     print(table(results))
 
 
