@@ -24,6 +24,7 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,7 +46,7 @@ from monitor.errors import StoreError
 from monitor.model import ChartKey
 from monitor.store import folding, partitions
 from monitor.store.schedule import ChartCatalog
-from monitor.store.sql import in_transaction, insert_ignoring_conflicts, reading
+from monitor.store.sql import in_transaction, insert_ignoring_conflicts, reading, sqlstate
 from monitor.store.tables import (
     alert_holds,
     app_ranks,
@@ -62,6 +63,12 @@ log = logging.getLogger(__name__)
 DAYS_PER_BATCH = 31
 # SQLite: fetch log rows deleted by one transaction.
 FETCHES_PER_BATCH = 20_000
+# PostgreSQL: how long making or dropping a month waits for its table, how often, with what
+# pause between the waits.
+DROP_LOCK_WAIT_MS = 1_000
+DROP_ATTEMPTS = 5
+DROP_RETRY_PAUSE_SECONDS = 2.0
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,7 +155,7 @@ def run_retention(
         report.interrupted = True
         return report
     if run.postgresql:
-        in_transaction(engine, run.drop_folded_months)
+        run.drop_folded_months()
     run.prune_fetch_log([chart_id for chart_id, _ in chart_rows])
     if not run.postgresql:
         report.bytes_reclaimed = _reclaim_sqlite_space(engine)
@@ -186,8 +193,13 @@ class _Run:
 
     def make_partitions(self, now: dt.datetime) -> None:
         wanted = partitions.months(now, partitions.last_month_ahead(now))
-        made = in_transaction(self._engine, lambda c: partitions.ensure_months(c, wanted))
-        self._report.partitions_made.extend(partition.name for partition in made)
+        made: list[partitions.MonthPartition] = []
+
+        def make(connection: Connection) -> None:
+            made[:] = partitions.ensure_months(connection, wanted)
+
+        if self._under_short_lock(make, "making partitions"):
+            self._report.partitions_made.extend(partition.name for partition in made)
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -279,13 +291,33 @@ class _Run:
 
     # -- PostgreSQL: whole months ----------------------------------------------------------
 
-    def drop_folded_months(self, connection: Connection) -> None:
+    def drop_folded_months(self) -> None:
         """Drop the months of `snapshots` and `app_ranks` that every chart is folded past;
         delete the folded rows left elsewhere (the default partition, a month holding a
-        snapshot that is kept)."""
+        snapshot that is kept), a chart a transaction."""
+        horizons, droppable, leftovers = reading(self._engine, self._month_plan)
+        for month in droppable:
+            self._drop(month)
+        for snapshots_name, ranks_name in leftovers:
+            tables = (_like(snapshots_name, snapshots), _like(ranks_name, app_ranks))
+            for chart_id, horizon in horizons.items():
+                delete_chart = functools.partial(
+                    self._delete_snapshots, tables=tables, chart_id=chart_id, before=horizon
+                )
+                self._report.snapshots_deleted += in_transaction(self._engine, delete_chart)
+
+    def _month_plan(
+        self, connection: Connection
+    ) -> tuple[
+        dict[int, dt.datetime],
+        list[list[partitions.MonthPartition]],
+        list[tuple[str, str]],
+    ]:
+        """(each chart's folded horizon, the months to drop with their app_ranks month, the
+        (snapshots, app_ranks) partitions to delete folded rows from)."""
         horizons = {row.id: row.folded_before for row in connection.execute(_CHART_HORIZONS)}
         if not horizons or None in horizons.values():
-            return  # a chart not yet folded may still need any month
+            return {}, [], []  # a chart not yet folded may still need any month
         floor = min(horizon for horizon in horizons.values() if horizon is not None)
         kept_months = {
             partitions.month_start(moment)
@@ -294,6 +326,7 @@ class _Run:
             for moment in _kept(connection, chart_id, horizon)
         }
         rank_months = {p.month: p for p in partitions.month_partitions(connection, "app_ranks")}
+        droppable = []
         leftovers = [(partitions.default_partition("snapshots"), "app_ranks_default")]
         for month in partitions.month_partitions(connection, "snapshots"):
             if month.end > floor:
@@ -302,17 +335,39 @@ class _Run:
             if month.month in kept_months:
                 ranks_name = ranks_month.name if ranks_month else "app_ranks_default"
                 leftovers.append((month.name, ranks_name))
-                continue
-            for partition in (ranks_month, month):
-                if partition is not None:
-                    partitions.drop_month(connection, partition)
-                    self._report.partitions_dropped.append(partition.name)
-        for snapshots_name, ranks_name in leftovers:
-            tables = (_like(snapshots_name, snapshots), _like(ranks_name, app_ranks))
-            for chart_id, horizon in horizons.items():
-                if horizon is not None:
-                    deleted = self._delete_snapshots(connection, tables, chart_id, horizon)
-                    self._report.snapshots_deleted += deleted
+            else:
+                droppable.append([p for p in (ranks_month, month) if p is not None])
+        return {c: h for c, h in horizons.items() if h is not None}, droppable, leftovers
+
+    def _drop(self, together: Sequence[partitions.MonthPartition]) -> None:
+        def drop(connection: Connection) -> None:
+            for partition in together:
+                partitions.drop_month(connection, partition)
+
+        if self._under_short_lock(drop, together[-1].name):
+            self._report.partitions_dropped.extend(p.name for p in together)
+
+    def _under_short_lock(self, work: Callable[[Connection], None], what: str) -> bool:
+        """Run DDL `work` in a transaction that waits at most DROP_LOCK_WAIT_MS at a time for
+        its table's lock (while DDL waits, the service's writes to the table wait behind it);
+        False when the table stayed busy for DROP_ATTEMPTS waits: left for the next run."""
+
+        def briefly(connection: Connection) -> None:
+            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{DROP_LOCK_WAIT_MS}ms'")
+            work(connection)
+
+        for attempt in range(1, DROP_ATTEMPTS + 1):
+            try:
+                in_transaction(self._engine, briefly)
+            except StoreError as exc:
+                if sqlstate(exc.__cause__) != LOCK_NOT_AVAILABLE:
+                    raise
+                log.info("retention: %s busy (attempt %d)", what, attempt)
+                time.sleep(DROP_RETRY_PAUSE_SECONDS)
+            else:
+                return True
+        log.warning("retention: %s left for the next run: its table stayed busy", what)
+        return False
 
     # -- the fetch log ---------------------------------------------------------------------
 
@@ -322,15 +377,11 @@ class _Run:
         cutoff = self._report.fetch_log_cutoff
         target: TableClause = fetch_log
         if self.postgresql:
-
-            def drop(connection: Connection) -> None:
-                for month in partitions.month_partitions(connection, "fetch_log"):
-                    if month.end > cutoff:
-                        break
-                    partitions.drop_month(connection, month)
-                    self._report.partitions_dropped.append(month.name)
-
-            in_transaction(self._engine, drop)
+            months = reading(self._engine, lambda c: partitions.month_partitions(c, "fetch_log"))
+            for month in months:
+                if month.end > cutoff:
+                    break
+                self._drop([month])
             target = _like(partitions.default_partition("fetch_log"), fetch_log)
         for chart_id in chart_ids:
             delete_batch = functools.partial(

@@ -157,15 +157,16 @@ def _run(
             if attempt < ATTEMPTS and exc.connection_invalidated:
                 log.info("database connection lost (%s), retrying", _describe(exc))
                 continue
-            if attempt < ATTEMPTS and _sqlstate(exc) in _RETRYABLE_SQLSTATES:
-                log.info("transaction aborted by the database (%s), retrying", _sqlstate(exc))
+            if attempt < ATTEMPTS and sqlstate(exc) in _RETRYABLE_SQLSTATES:
+                log.info("transaction aborted by the database (%s), retrying", sqlstate(exc))
                 continue
             raise StoreError(f"database error: {_describe(exc)}") from exc
     raise AssertionError("unreachable")
 
 
-def _sqlstate(exc: DBAPIError) -> str | None:
-    state = getattr(exc.orig, "sqlstate", None)
+def sqlstate(exc: BaseException | None) -> str | None:
+    """The SQLSTATE of a driver error, if it has one."""
+    state = getattr(getattr(exc, "orig", None), "sqlstate", None)
     return state if isinstance(state, str) else None
 
 

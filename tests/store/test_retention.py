@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import func, select, text
 
 from monitor.model import RankPoint, RankStatus, Resolution, Store, WatchedApp
-from monitor.store import partitions
+from monitor.store import partitions, retention
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
@@ -343,3 +343,28 @@ def test_one_replica_runs_a_days_job(database: Database, database_url: str) -> N
         now=later,
         stale_after=stale,
     )
+
+
+@pytest.mark.postgres
+def test_a_month_whose_table_stays_busy_is_left_for_the_next_run(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(retention, "DROP_ATTEMPTS", 2)
+    monkeypatch.setattr(retention, "DROP_RETRY_PAUSE_SECONDS", 0.1)
+    with open_database(postgres_url, writer=True) as database:
+        upgrade(database)
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=START)
+        with database.engine.begin() as connection:
+            partitions.ensure_months(connection, partitions.months(START, NOW))
+        poll_story(Poller(repository, database))
+
+        # A long reader of the snapshots (an export, say) holds a lock a drop must wait for.
+        with database.engine.connect() as reader, reader.begin():
+            reader.execute(select(func.count()).select_from(snapshots)).scalar_one()
+            busy = repository.run_retention(POLICY, now=NOW)
+        free = repository.run_retention(POLICY, now=NOW)
+
+    assert "snapshots_p202412" not in busy.partitions_dropped
+    assert "fetch_log_p202412" in busy.partitions_dropped
+    assert set(free.partitions_dropped) == {"snapshots_p202412", "app_ranks_p202412"}
