@@ -64,7 +64,8 @@ def history(
     columns = ["time", "chart", "status", "rank", "depth", "error"]
     if fmt != OutputFormat.TABLE:
         columns[2:2] = ["store", "country", "collection", "device", "genre"]
-    if any(point.resolution is Resolution.DAY for point in points):
+    # A table shows a day's figures only when there are days; other formats have a fixed shape.
+    if fmt != OutputFormat.TABLE or any(p.resolution is Resolution.DAY for p in points):
         columns += ["resolution", "best", "worst", "hours_listed"]
     click.echo(render(rows, columns, OutputFormat(fmt)), nl=False)
 

@@ -152,8 +152,10 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
             cursor.execute("PRAGMA foreign_keys = ON")
             cursor.execute("PRAGMA synchronous = NORMAL")
             if writer:
-                # Takes effect in a new file only: retention then frees pages in place.
-                cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                # In a new file only (it applies before the first table, and setting it
+                # later would wait for the write lock): retention then frees pages in place.
+                if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
+                    cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
                 cursor.execute("PRAGMA journal_mode = WAL")
             else:
                 cursor.execute("PRAGMA query_only = ON")

@@ -368,3 +368,10 @@ def test_a_month_whose_table_stays_busy_is_left_for_the_next_run(
     assert "snapshots_p202412" not in busy.partitions_dropped
     assert "fetch_log_p202412" in busy.partitions_dropped
     assert set(free.partitions_dropped) == {"snapshots_p202412", "app_ranks_p202412"}
+
+
+def test_a_new_sqlite_database_frees_pages_in_place(sqlite_database: Database) -> None:
+    with sqlite_database.engine.connect() as connection:
+        mode = connection.exec_driver_sql("PRAGMA auto_vacuum").scalar_one()
+
+    assert mode == retention.INCREMENTAL_VACUUM

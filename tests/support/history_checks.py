@@ -215,6 +215,7 @@ def move_back(url: str, by: dt.timedelta) -> None:
     moved = {
         poll_tasks: ("next_due_at", "last_attempt_at", "last_success_at"),
         snapshots: ("fetched_at", "confirmed_at"),
+        app_ranks: ("fetched_at",),  # with its snapshot's, which it is keyed by
         fetch_log: ("started_at", "poll_started_at"),
     }
     with _connected(url, write=True) as connection:
