@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,7 @@ from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
 from monitor.store.retention import RetentionPolicy
 from monitor.store.tables import app_ranks, daily_ranks, fetch_log, snapshots
+from tests.conftest import migrated
 
 from .conftest import CHATGPT, DEEPSEEK, JP_FREE, US_FREE, Poller
 
@@ -79,15 +81,31 @@ def _app_id(repository: Repository, store_id: str) -> int:
     return found.id
 
 
-@pytest.fixture
-def story(database: Database, poller: Poller) -> Repository:
+def make_story_months(database: Database) -> None:
+    """The months of the story as partitions, as the service would have made them then."""
     if database.dialect == "postgresql":
-        # The months of the story as partitions, as the service would have made them then.
         with database.engine.begin() as connection:
             partitions.ensure_months(connection, partitions.months(START, NOW))
+
+
+@pytest.fixture
+def story(database: Database, poller: Poller) -> Repository:
+    make_story_months(database)
     poller.repository.sync_watchlist([WatchedApp(Store.APPLE, DEEPSEEK, "DeepSeek")])
     poll_story(poller)
     return poller.repository
+
+
+@pytest.fixture
+def postgres_story(postgres_url: str) -> Iterator[Poller]:
+    """The story polled on PostgreSQL, with Japan's chart in the schedule too."""
+    with migrated(postgres_url) as database:
+        repository = Repository(database)
+        repository.sync_charts([US_FREE, JP_FREE], now=START)
+        make_story_months(database)
+        poller = Poller(repository, database)
+        poll_story(poller)
+        yield poller
 
 
 def test_history_before_the_horizon_is_one_point_a_day_and_the_same_after_it(
@@ -170,65 +188,52 @@ def test_folded_snapshots_are_removed_but_those_the_service_reads(
 
 
 @pytest.mark.postgres
-def test_postgresql_drops_past_months_instead_of_deleting_rows(postgres_url: str) -> None:
-    with open_database(postgres_url, writer=True) as database:
-        upgrade(database)
-        repository = Repository(database)
-        repository.sync_charts([US_FREE, JP_FREE], now=START)
-        with database.engine.begin() as connection:
-            partitions.ensure_months(connection, partitions.months(START, NOW))
-        poll_story(Poller(repository, database))
+def test_postgresql_drops_past_months_instead_of_deleting_rows(postgres_story: Poller) -> None:
+    database, repository = postgres_story.database, postgres_story.repository
 
-        report = repository.run_retention(POLICY, now=NOW)
+    report = repository.run_retention(POLICY, now=NOW)
 
-        assert set(report.partitions_dropped) == {
-            "snapshots_p202412",
-            "app_ranks_p202412",
-            "fetch_log_p202412",
+    assert set(report.partitions_dropped) == {
+        "snapshots_p202412",
+        "app_ranks_p202412",
+        "fetch_log_p202412",
+    }
+    with database.engine.connect() as connection:
+        left = {
+            name
+            for name in connection.scalars(text("SELECT tablename FROM pg_tables"))
+            if partitions.is_partition(name) and "202412" in name
         }
-        with database.engine.connect() as connection:
-            left = {
-                name
-                for name in connection.scalars(text("SELECT tablename FROM pg_tables"))
-                if partitions.is_partition(name) and "202412" in name
-            }
-            december = connection.scalar(
-                select(func.count())
-                .select_from(snapshots)
-                .where(snapshots.c.fetched_at < dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
-            )
-        assert left == set()
-        assert december == 0
-        # January's folded days stay stored until all of January is past the horizon.
-        assert report.snapshots_deleted == 0
+        december = connection.scalar(
+            select(func.count())
+            .select_from(snapshots)
+            .where(snapshots.c.fetched_at < dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+        )
+    assert left == set()
+    assert december == 0
+    # January's folded days stay stored until all of January is past the horizon.
+    assert report.snapshots_deleted == 0
 
 
 @pytest.mark.postgres
 def test_a_month_holding_a_snapshot_still_read_is_kept_with_only_that_row(
-    postgres_url: str,
+    postgres_story: Poller,
 ) -> None:
-    with open_database(postgres_url, writer=True) as database:
-        upgrade(database)
-        repository = Repository(database)
-        repository.sync_charts([US_FREE, JP_FREE], now=START)
-        with database.engine.begin() as connection:
-            partitions.ensure_months(connection, partitions.months(START, NOW))
-        poller = Poller(repository, database)
-        poll_story(poller)
-        # Japan's chart has not changed since December: its one snapshot is its current one.
-        poller.store(JP_FREE, START, [DEEPSEEK, CHATGPT])
+    database, repository = postgres_story.database, postgres_story.repository
+    # Japan's chart has not changed since December: its one snapshot is its current one.
+    postgres_story.store(JP_FREE, START, [DEEPSEEK, CHATGPT])
 
-        report = repository.run_retention(POLICY, now=NOW)
+    report = repository.run_retention(POLICY, now=NOW)
 
-        assert "snapshots_p202412" not in report.partitions_dropped
-        with database.engine.connect() as connection:
-            december = connection.execute(
-                text("SELECT chart_id, fetched_at FROM snapshots_p202412")
-            ).all()
-        assert [fetched_at for _, fetched_at in december] == [START]
-        japan = repository.chart_at(JP_FREE, NOW)
-        assert japan is not None
-        assert japan.fetched_at == START
+    assert "snapshots_p202412" not in report.partitions_dropped
+    with database.engine.connect() as connection:
+        december = connection.execute(
+            text("SELECT chart_id, fetched_at FROM snapshots_p202412")
+        ).all()
+    assert [fetched_at for _, fetched_at in december] == [START]
+    japan = repository.chart_at(JP_FREE, NOW)
+    assert japan is not None
+    assert japan.fetched_at == START
 
 
 def test_a_chart_unchanged_for_longer_than_the_retention_keeps_its_current_snapshot(
@@ -347,23 +352,16 @@ def test_one_replica_runs_a_days_job(database: Database, database_url: str) -> N
 
 @pytest.mark.postgres
 def test_a_month_whose_table_stays_busy_is_left_for_the_next_run(
-    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+    postgres_story: Poller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(retention, "DROP_ATTEMPTS", 2)
     monkeypatch.setattr(retention, "DROP_RETRY_PAUSE_SECONDS", 0.1)
-    with open_database(postgres_url, writer=True) as database:
-        upgrade(database)
-        repository = Repository(database)
-        repository.sync_charts([US_FREE], now=START)
-        with database.engine.begin() as connection:
-            partitions.ensure_months(connection, partitions.months(START, NOW))
-        poll_story(Poller(repository, database))
-
-        # A long reader of the snapshots (an export, say) holds a lock a drop must wait for.
-        with database.engine.connect() as reader, reader.begin():
-            reader.execute(select(func.count()).select_from(snapshots)).scalar_one()
-            busy = repository.run_retention(POLICY, now=NOW)
-        free = repository.run_retention(POLICY, now=NOW)
+    database, repository = postgres_story.database, postgres_story.repository
+    # A long reader of the snapshots (an export, say) holds a lock a drop must wait for.
+    with database.engine.connect() as reader, reader.begin():
+        reader.execute(select(func.count()).select_from(snapshots)).scalar_one()
+        busy = repository.run_retention(POLICY, now=NOW)
+    free = repository.run_retention(POLICY, now=NOW)
 
     assert "snapshots_p202412" not in busy.partitions_dropped
     assert "fetch_log_p202412" in busy.partitions_dropped
