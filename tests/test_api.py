@@ -25,6 +25,7 @@ from monitor.model import watchlist_names
 from monitor.status_page import StatusPage
 from monitor.store.engine import Database, open_database
 from monitor.store.repository import Repository, ServiceState
+from monitor.store.retention import RetentionPolicy
 from monitor.web import Readiness, create_app
 from monitor.wiring import service_metrics, service_repository
 from monitor.worker import _Service, bind_listener
@@ -194,6 +195,36 @@ async def test_history_pages_walk_the_whole_series_without_loss_or_repeat(
         "listed",
         "listed",
         "fetch_failed",
+    ]
+
+
+async def test_history_pages_walk_folded_days_and_snapshots_alike(
+    client: httpx.AsyncClient, filled: Repository
+) -> None:
+    # Two days on, a one-day retention folds the whole first day: each chart becomes one point.
+    policy = RetentionPolicy(snapshot_days=1, fetch_log_days=30)
+    filled.run_retention(policy, now=START + dt.timedelta(days=2))
+    app_id = filled.find_apps(DEEPSEEK)[0].id
+
+    paged = await walk(client, "/api/v1/apps/DeepSeek/history?limit=2", "points")
+
+    expected = sorted(filled.history(app_id), key=lambda point: (point.at, point.chart.slug))
+    times = ("time",)
+    assert [same_times(point, times) for point in paged] == [
+        same_times(point_document(point), times) for point in expected
+    ]
+    (us_day,) = [p for p in paged if p["chart"] == US_FREE.slug]
+    assert (us_day["resolution"], us_day["rank"], us_day["best"], us_day["worst"]) == (
+        "day",
+        1,
+        1,
+        31,
+    )
+    assert same_times(us_day, times)["time"] == START
+    # The JP failure stays: the fetch log keeps 30 days.
+    assert [(p["resolution"], p["status"]) for p in paged if p["chart"] == JP_FREE.slug] == [
+        ("day", "listed"),
+        ("poll", "fetch_failed"),
     ]
 
 
