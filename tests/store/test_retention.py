@@ -187,6 +187,28 @@ def test_folded_snapshots_are_removed_but_those_the_service_reads(
         assert oldest_fetch >= NOW - dt.timedelta(days=POLICY.fetch_log_days)
 
 
+def test_what_the_service_reads_now_is_the_same_after_retention(story: Repository) -> None:
+    window = dt.timedelta(days=3)  # DeepSeek left the chart since 2025-01-07 18:00
+    chart_at_horizon = HORIZON + dt.timedelta(hours=1)
+
+    def current() -> tuple[object, ...]:
+        return (
+            story.tracked_apps(),
+            story.movers(now=NOW, window=window),
+            story.chart_at(US_FREE),
+            story.chart_at(US_FREE, chart_at_horizon),
+            story.service_state(now=NOW),
+        )
+
+    before = current()
+    story.run_retention(POLICY, now=NOW)
+
+    assert current() == before
+    movers, latest = before[1], before[2]
+    assert [mover.store_id for mover in movers] == [DEEPSEEK]  # not a comparison of empties
+    assert latest is not None
+
+
 @pytest.mark.postgres
 def test_postgresql_drops_past_months_instead_of_deleting_rows(postgres_story: Poller) -> None:
     database, repository = postgres_story.database, postgres_story.repository
