@@ -69,6 +69,7 @@ DROP_LOCK_WAIT_MS = 1_000
 DROP_ATTEMPTS = 5
 DROP_RETRY_PAUSE_SECONDS = 2.0
 LOCK_NOT_AVAILABLE = "55P03"
+INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -146,7 +147,7 @@ def run_retention(
         try:
             run.fold_chart(chart_id, folded_before)
         except (StoreError, ValueError) as exc:
-            # The chart lags: no month it may need is dropped (_drop_folded_months).
+            # The chart lags: no month it may need is dropped (drop_folded_months).
             log.warning("retention: chart %d not folded: %s", chart_id, exc)
             report.failed_charts.append(str(chart_id))
         if progress is not None:
@@ -509,5 +510,3 @@ def _reclaim_sqlite_space(engine: Engine) -> int:
     finally:
         connection.close()
 
-
-INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
