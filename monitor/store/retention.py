@@ -509,4 +509,3 @@ def _reclaim_sqlite_space(engine: Engine) -> int:
         return (before - pragma("PRAGMA page_count")) * page_size
     finally:
         connection.close()
-
