@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import logging
 import os
 import time
 from pathlib import Path
@@ -36,7 +37,10 @@ from sqlalchemy.exc import ArgumentError, DisconnectionError
 from monitor.errors import DatabaseLocked, StoreError
 from monitor.store.sql import SNAPSHOT_READ
 
+log = logging.getLogger(__name__)
+
 SQLITE_BUSY_TIMEOUT_MS = 5_000
+SQLITE_INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 POSTGRES_STATEMENT_TIMEOUT_MS = 60_000
 POSTGRES_LOCK_TIMEOUT_MS = 10_000
 POSTGRES_POOL_SIZE = 4
@@ -155,7 +159,7 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
                 # In a new file only (it applies before the first table, and setting it
                 # later would wait for the write lock): retention then frees pages in place.
                 if cursor.execute("PRAGMA page_count").fetchone()[0] == 0:
-                    cursor.execute("PRAGMA auto_vacuum = INCREMENTAL")
+                    cursor.execute(f"PRAGMA auto_vacuum = {SQLITE_INCREMENTAL_VACUUM}")
                 cursor.execute("PRAGMA journal_mode = WAL")
             else:
                 cursor.execute("PRAGMA query_only = ON")
@@ -166,6 +170,38 @@ def _configure_sqlite(engine: Engine, *, writer: bool) -> None:
     def _on_begin(connection: Connection) -> None:
         snapshot_read = connection.get_execution_options().get(SNAPSHOT_READ, False)
         connection.exec_driver_sql("BEGIN" if snapshot_read else begin)
+
+
+def give_back_free_pages(engine: Engine) -> int:
+    """SQLite: return the file's free pages (rows deleted) to the file system; returns the
+    bytes the file shrank by.
+
+    A file made by this version is in incremental auto-vacuum mode (_configure_sqlite), which
+    frees pages in place; an older one is converted by one VACUUM, which rewrites the file
+    (and needs as much free disk again) once.
+    """
+    # The driver's own connection, outside any transaction (VACUUM cannot run in one, and
+    # the begin hook would open one).
+    connection = engine.raw_connection()
+    try:
+
+        def pragma(statement: str) -> int:
+            row = connection.cursor().execute(statement).fetchone()
+            return int(row[0]) if row else 0
+
+        if not pragma("PRAGMA freelist_count"):
+            return 0
+        page_size, before = pragma("PRAGMA page_size"), pragma("PRAGMA page_count")
+        if pragma("PRAGMA auto_vacuum") == SQLITE_INCREMENTAL_VACUUM:
+            connection.cursor().execute("PRAGMA incremental_vacuum").fetchall()
+        else:
+            log.info("converting the SQLite file to incremental auto-vacuum (one VACUUM)")
+            connection.cursor().execute(f"PRAGMA auto_vacuum = {SQLITE_INCREMENTAL_VACUUM}")
+            connection.cursor().execute("VACUUM")
+        pragma("PRAGMA wal_checkpoint(TRUNCATE)")
+        return (before - pragma("PRAGMA page_count")) * page_size
+    finally:
+        connection.close()
 
 
 def _open_postgres(url: URL, *, writer: bool) -> Database:

@@ -12,16 +12,29 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 import re
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection, Engine, text
+
+from monitor.errors import StoreError
+from monitor.store.sql import in_transaction, sqlstate
+
+log = logging.getLogger(__name__)
 
 # Table -> the time column it is partitioned on.
 PARTITIONED = {"snapshots": "fetched_at", "app_ranks": "fetched_at", "fetch_log": "started_at"}
 _NAME = re.compile(r"^(?P<table>snapshots|app_ranks|fetch_log)_(?:p(?P<month>\d{6})|default)$")
 # Months made ahead of the current one: a month's partition exists before its first write.
 MONTHS_AHEAD = 2
+# Making or dropping a month waits at most this long at a time for its table's lock, this many
+# times, with this pause between the waits (alter_briefly).
+DDL_LOCK_WAIT_MS = 1_000
+DDL_ATTEMPTS = 5
+DDL_RETRY_PAUSE_SECONDS = 2.0
+LOCK_NOT_AVAILABLE = "55P03"
 
 
 def is_partition(name: str) -> bool:
@@ -149,3 +162,41 @@ def create_month(connection: Connection, partition: MonthPartition, column: str)
 
 def drop_month(connection: Connection, partition: MonthPartition) -> None:
     connection.exec_driver_sql(f"DROP TABLE {partition.name}")
+
+
+def make_months_ahead(engine: Engine, now: dt.datetime) -> list[str]:
+    """Make the partitions of the month of `now` and the MONTHS_AHEAD after it that are
+    missing; returns their names (none when a table stayed busy: see alter_briefly)."""
+    wanted = months(now, last_month_ahead(now))
+    made: list[MonthPartition] = []
+
+    def make(connection: Connection) -> None:
+        made[:] = ensure_months(connection, wanted)
+
+    if not alter_briefly(engine, make, "making partitions"):
+        return []
+    return [partition.name for partition in made]
+
+
+def alter_briefly(engine: Engine, work: Callable[[Connection], None], what: str) -> bool:
+    """Run DDL `work` in a transaction that waits at most DDL_LOCK_WAIT_MS at a time for its
+    table's lock (while DDL waits, the service's writes to the table wait behind it); False
+    when the table stayed busy for DDL_ATTEMPTS waits: `what` is left for the next run."""
+
+    def briefly(connection: Connection) -> None:
+        connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{DDL_LOCK_WAIT_MS}ms'")
+        work(connection)
+
+    for attempt in range(1, DDL_ATTEMPTS + 1):
+        try:
+            in_transaction(engine, briefly)
+        except StoreError as exc:
+            if sqlstate(exc.__cause__) != LOCK_NOT_AVAILABLE:
+                raise
+            log.info("%s: table busy (attempt %d of %d)", what, attempt, DDL_ATTEMPTS)
+            if attempt < DDL_ATTEMPTS:
+                time.sleep(DDL_RETRY_PAUSE_SECONDS)
+        else:
+            return True
+    log.warning("%s left for the next run: its table stayed busy", what)
+    return False

@@ -24,7 +24,6 @@ import dataclasses
 import datetime as dt
 import functools
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -45,8 +44,9 @@ from sqlalchemy import (
 from monitor.errors import StoreError
 from monitor.model import ChartKey
 from monitor.store import folding, partitions
+from monitor.store.engine import give_back_free_pages
 from monitor.store.schedule import ChartCatalog
-from monitor.store.sql import in_transaction, insert_ignoring_conflicts, reading, sqlstate
+from monitor.store.sql import in_transaction, insert_ignoring_conflicts, reading
 from monitor.store.tables import (
     alert_holds,
     app_ranks,
@@ -63,13 +63,6 @@ log = logging.getLogger(__name__)
 DAYS_PER_BATCH = 31
 # SQLite: fetch log rows deleted by one transaction.
 FETCHES_PER_BATCH = 20_000
-# PostgreSQL: how long making or dropping a month waits for its table, how often, with what
-# pause between the waits.
-DROP_LOCK_WAIT_MS = 1_000
-DROP_ATTEMPTS = 5
-DROP_RETRY_PAUSE_SECONDS = 2.0
-LOCK_NOT_AVAILABLE = "55P03"
-INCREMENTAL_VACUUM = 2  # PRAGMA auto_vacuum's value for INCREMENTAL
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,7 +131,7 @@ def run_retention(
     )
     run = _Run(engine, dialect, report, stopping, stands_for=2 * policy.poll_interval)
     if run.postgresql:
-        run.make_partitions(now)
+        report.partitions_made = partitions.make_months_ahead(engine, now)
     chart_rows = reading(engine, lambda c: c.execute(_CHART_HORIZONS).all())
     for done, (chart_id, folded_before) in enumerate(chart_rows, start=1):
         if stopping():
@@ -159,7 +152,7 @@ def run_retention(
         run.drop_folded_months()
     run.prune_fetch_log([chart_id for chart_id, _ in chart_rows])
     if not run.postgresql:
-        report.bytes_reclaimed = _reclaim_sqlite_space(engine)
+        report.bytes_reclaimed = give_back_free_pages(engine)
     return report
 
 
@@ -191,16 +184,6 @@ class _Run:
         self._tracked = reading(
             engine, lambda c: list(c.scalars(select(apps.c.id).where(apps.c.tracked == true())))
         )
-
-    def make_partitions(self, now: dt.datetime) -> None:
-        wanted = partitions.months(now, partitions.last_month_ahead(now))
-        made: list[partitions.MonthPartition] = []
-
-        def make(connection: Connection) -> None:
-            made[:] = partitions.ensure_months(connection, wanted)
-
-        if self._under_short_lock(make, "making partitions"):
-            self._report.partitions_made.extend(partition.name for partition in made)
 
     # -- folding ---------------------------------------------------------------------------
 
@@ -345,30 +328,8 @@ class _Run:
             for partition in together:
                 partitions.drop_month(connection, partition)
 
-        if self._under_short_lock(drop, together[-1].name):
+        if partitions.alter_briefly(self._engine, drop, together[-1].name):
             self._report.partitions_dropped.extend(p.name for p in together)
-
-    def _under_short_lock(self, work: Callable[[Connection], None], what: str) -> bool:
-        """Run DDL `work` in a transaction that waits at most DROP_LOCK_WAIT_MS at a time for
-        its table's lock (while DDL waits, the service's writes to the table wait behind it);
-        False when the table stayed busy for DROP_ATTEMPTS waits: left for the next run."""
-
-        def briefly(connection: Connection) -> None:
-            connection.exec_driver_sql(f"SET LOCAL lock_timeout = '{DROP_LOCK_WAIT_MS}ms'")
-            work(connection)
-
-        for attempt in range(1, DROP_ATTEMPTS + 1):
-            try:
-                in_transaction(self._engine, briefly)
-            except StoreError as exc:
-                if sqlstate(exc.__cause__) != LOCK_NOT_AVAILABLE:
-                    raise
-                log.info("retention: %s busy (attempt %d)", what, attempt)
-                time.sleep(DROP_RETRY_PAUSE_SECONDS)
-            else:
-                return True
-        log.warning("retention: %s left for the next run: its table stayed busy", what)
-        return False
 
     # -- the fetch log ---------------------------------------------------------------------
 
@@ -475,37 +436,3 @@ def folded_before(
 def _like(name: str, parent: Any) -> TableClause:
     """A partition of `parent`, addressed by its own name, with the parent's columns."""
     return table(name, *(column(c.name, c.type) for c in parent.c))
-
-
-# -- SQLite: giving the space back ---------------------------------------------------------
-
-
-def _reclaim_sqlite_space(engine: Engine) -> int:
-    """Return the free pages to the file system; returns the bytes the file shrank by.
-
-    A database made by this version is in incremental auto-vacuum mode (engine.py), which
-    frees pages in place; an older one is converted by one VACUUM, which rewrites the file
-    (and needs as much free disk again) once.
-    """
-    # The driver's own connection, outside any transaction (VACUUM cannot run in one, and
-    # the engine's begin hook would open one).
-    connection = engine.raw_connection()
-    try:
-
-        def pragma(statement: str) -> int:
-            row = connection.cursor().execute(statement).fetchone()
-            return int(row[0]) if row else 0
-
-        if not pragma("PRAGMA freelist_count"):
-            return 0
-        page_size, before = pragma("PRAGMA page_size"), pragma("PRAGMA page_count")
-        if pragma("PRAGMA auto_vacuum") == INCREMENTAL_VACUUM:
-            connection.cursor().execute("PRAGMA incremental_vacuum").fetchall()
-        else:
-            log.info("retention: converting the database to incremental vacuum (one VACUUM)")
-            connection.cursor().execute(f"PRAGMA auto_vacuum = {INCREMENTAL_VACUUM}")
-            connection.cursor().execute("VACUUM")
-        pragma("PRAGMA wal_checkpoint(TRUNCATE)")
-        return (before - pragma("PRAGMA page_count")) * page_size
-    finally:
-        connection.close()

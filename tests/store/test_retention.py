@@ -13,8 +13,8 @@ import pytest
 from sqlalchemy import func, select, text
 
 from monitor.model import RankPoint, RankStatus, Resolution, Store, WatchedApp
-from monitor.store import partitions, retention
-from monitor.store.engine import Database, open_database
+from monitor.store import partitions
+from monitor.store.engine import SQLITE_INCREMENTAL_VACUUM, Database, open_database
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
 from monitor.store.retention import RetentionPolicy
@@ -328,7 +328,7 @@ def test_sqlite_gives_the_space_back(sqlite_url: str) -> None:
     assert report.bytes_reclaimed > 0
     assert report.snapshots_deleted > 0
     assert path.stat().st_size <= size - report.bytes_reclaimed // 2
-    assert (mode, free, check) == (2, 0, "ok")
+    assert (mode, free, check) == (SQLITE_INCREMENTAL_VACUUM, 0, "ok")
 
 
 def test_one_replica_runs_a_days_job(database: Database, database_url: str) -> None:
@@ -376,8 +376,8 @@ def test_one_replica_runs_a_days_job(database: Database, database_url: str) -> N
 def test_a_month_whose_table_stays_busy_is_left_for_the_next_run(
     postgres_story: Poller, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(retention, "DROP_ATTEMPTS", 2)
-    monkeypatch.setattr(retention, "DROP_RETRY_PAUSE_SECONDS", 0.1)
+    monkeypatch.setattr(partitions, "DDL_ATTEMPTS", 2)
+    monkeypatch.setattr(partitions, "DDL_RETRY_PAUSE_SECONDS", 0.1)
     database, repository = postgres_story.database, postgres_story.repository
     # A long reader of the snapshots (an export, say) holds a lock a drop must wait for.
     with database.engine.connect() as reader, reader.begin():
@@ -394,4 +394,4 @@ def test_a_new_sqlite_database_frees_pages_in_place(sqlite_database: Database) -
     with sqlite_database.engine.connect() as connection:
         mode = connection.exec_driver_sql("PRAGMA auto_vacuum").scalar_one()
 
-    assert mode == retention.INCREMENTAL_VACUUM
+    assert mode == SQLITE_INCREMENTAL_VACUUM
