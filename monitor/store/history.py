@@ -29,6 +29,7 @@ from sqlalchemy import (
 
 from monitor.model import ChartKey, FetchOutcome, RankPoint, RankStatus, Resolution
 from monitor.store import packing
+from monitor.store.folding import midnight
 from monitor.store.schedule import ChartCatalog
 from monitor.store.tables import app_ranks, apps, charts, daily_ranks, fetch_log, snapshots
 
@@ -67,10 +68,6 @@ def history(
             )
         )
     }
-    # Summaries only where the window reaches a folded day.
-    folded = {
-        chart_id: before for chart_id, before in folded.items() if since is None or since < before
-    }
     if tracked:
         # One probe of the primary key per chart: a DISTINCT over the app's rows would read
         # every rank it ever had (a year of hourly polls: ~8,760 per chart) on each call.
@@ -80,8 +77,12 @@ def history(
         chart_ids = set(connection.scalars(wanted_charts.where(listed_on)))
     else:
         chart_ids = _charts_listing(connection, dialect, app_id, wanted_charts)
-    if folded:
-        chart_ids |= _charts_listing(connection, dialect, app_id, list(folded), daily=True)
+    # A chart whose summaries alone list the app (its snapshots are gone) is one of its charts
+    # too, whatever the window: the answer must not change when retention removes rows. Only
+    # the summaries of charts not found yet are searched.
+    unseen = [chart_id for chart_id in folded if chart_id not in chart_ids]
+    if unseen:
+        chart_ids |= _charts_listing(connection, dialect, app_id, unseen, daily=True)
     if not chart_ids:
         return []
     keys = catalog.keys(connection, chart_ids)
@@ -178,7 +179,7 @@ def _day_points(
     )
     points = []
     for row in rows:
-        at = dt.datetime(row.day.year, row.day.month, row.day.day, tzinfo=dt.UTC)
+        at = midnight(row.day)
         if at >= folded[row.chart_id] or (since is not None and at < since):
             continue
         slot = packing.rank_of(row.app_ids, app_id)
@@ -229,6 +230,9 @@ def _snapshot_points(
                 app_ranks.c.app_id == app_id,
                 app_ranks.c.chart_id == snapshots.c.chart_id,
                 app_ranks.c.fetched_at == snapshots.c.fetched_at,
+                # Implied by the line above, but PostgreSQL does not carry a range across an
+                # equality: stated, it reads the window's months of the app's ranks, not all.
+                *between(app_ranks.c.fetched_at, since, until),
             ),
         )
         query = select(*columns, app_ranks.c.rank).select_from(joined).where(*where)

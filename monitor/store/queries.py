@@ -17,6 +17,7 @@ from sqlalchemy import (
 
 from monitor.model import ChartKey, SourceName, Store
 from monitor.store import packing
+from monitor.store.folding import midnight
 from monitor.store.history import between, chart_filters
 from monitor.store.results import (
     AppInfo,
@@ -227,5 +228,5 @@ def first_poll_at(
     snapshot, fetch, day = tuple(times.one())
     found = [moment for moment in (snapshot, fetch) if moment is not None]
     if day is not None:
-        found.append(dt.datetime(day.year, day.month, day.day, tzinfo=dt.UTC))
+        found.append(midnight(day))
     return min(found) if found else None

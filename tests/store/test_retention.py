@@ -149,6 +149,24 @@ def test_history_windows_over_folded_days_hold_the_days_they_cover(story: Reposi
     assert story.first_poll_at() == START
 
 
+def test_a_chart_that_listed_the_app_only_in_folded_days_stays_in_its_recent_history(
+    story: Repository, poller: Poller
+) -> None:
+    deepseek = _app_id(story, DEEPSEEK)
+    poller.store(JP_FREE, START, [DEEPSEEK, CHATGPT])
+    # Standing at the horizon, so kept; the one listing DeepSeek goes.
+    poller.store(JP_FREE, START + dt.timedelta(days=2), [CHATGPT, "501"])
+    poller.store(JP_FREE, HORIZON + dt.timedelta(days=1), ["501", CHATGPT])
+    recent = HORIZON + dt.timedelta(hours=12)
+    before = story.history(deepseek, since=recent)
+
+    story.run_retention(POLICY, now=NOW)
+
+    assert story.history(deepseek, since=recent) == before
+    japan = [p for p in before if p.chart == JP_FREE]
+    assert [(p.status, p.resolution) for p in japan] == [(RankStatus.BELOW_DEPTH, Resolution.POLL)]
+
+
 def test_folded_snapshots_are_removed_but_those_the_service_reads(
     database: Database, story: Repository
 ) -> None:
