@@ -4,6 +4,10 @@ The scheduler asks every few minutes; from `[retention] hour` on, the first repl
 the day (store/jobs.py) runs retention in a worker thread while polling goes on, and the others
 look again an hour later, in case the one that claimed it dies mid-run. A run stopped by a
 shutdown ends between two transactions and is taken up again once its claim is stale.
+
+With retention off, the day's run on PostgreSQL still makes the coming months' partitions:
+without them every new row would go to the default partition, which retention, once on again,
+could only empty row by row.
 """
 
 from __future__ import annotations
@@ -53,7 +57,9 @@ class RetentionJob:
     async def run_if_due(self) -> None:
         now = self.clock()
         retention = self.settings.retention
-        if not retention.enabled or now.hour < retention.hour or self._stopping.is_set():
+        if not (retention.enabled or self.repository.partitioned):
+            return
+        if now.hour < retention.hour or self._stopping.is_set():
             return
         if self._next_look is not None and now < self._next_look:
             return
@@ -83,27 +89,16 @@ class RetentionJob:
             self._next_look = day + dt.timedelta(days=1)
 
     async def _run(self, day: dt.datetime, now: dt.datetime) -> None:
-        days = self.settings.retention.snapshot_days
-        log.info("retention: folding snapshots older than %d days", days)
+        work = self._retain if self.settings.retention.enabled else self._make_partitions
         try:
-            report = await asyncio.to_thread(
-                self.repository.run_retention,
-                policy_of(self.settings),
-                now=now,
-                stopping=self._stopping.is_set,
-            )
+            outcome = await work(now)
         except StoreError as exc:
             self.metrics.database_error(DatabaseOperation.RETENTION)
             self.metrics.retention_ran("failed", self.clock())
             log.error("retention failed: %s", exc)
             outcome = f"failed: {exc}"
-        else:
-            log.info("retention: %s", report.summary())
-            if report.interrupted:
-                self.metrics.retention_ran("interrupted", self.clock())
-                return  # unfinished: taken up again once the claim is stale
-            self.metrics.retention_ran("failed" if report.failed_charts else "ok", self.clock())
-            outcome = report.summary()
+        if outcome is None:
+            return  # unfinished: taken up again once the claim is stale
         try:
             await asyncio.to_thread(
                 self.repository.finish_job,
@@ -116,6 +111,32 @@ class RetentionJob:
         except StoreError as exc:
             self.metrics.database_error(DatabaseOperation.RETENTION)
             log.error("retention: could not record the run: %s", exc)
+
+    async def _retain(self, now: dt.datetime) -> str | None:
+        """Run retention; its summary, or None when it was interrupted."""
+        log.info(
+            "retention: folding snapshots older than %d days", self.settings.retention.snapshot_days
+        )
+        report = await asyncio.to_thread(
+            self.repository.run_retention,
+            policy_of(self.settings),
+            now=now,
+            stopping=self._stopping.is_set,
+        )
+        log.info("retention: %s", report.summary())
+        if report.interrupted:
+            self.metrics.retention_ran("interrupted", self.clock())
+            return None
+        self.metrics.retention_ran("failed" if report.failed_charts else "ok", self.clock())
+        return report.summary()
+
+    async def _make_partitions(self, now: dt.datetime) -> str:
+        """Retention off: only the coming months' partitions (module docstring)."""
+        made = await asyncio.to_thread(self.repository.make_partitions, now)
+        outcome = f"off; made partitions: {', '.join(made) or 'none missing'}"
+        log.info("retention %s", outcome)
+        self.metrics.retention_ran("ok", self.clock())
+        return outcome
 
     async def stop(self, *, grace: float) -> None:
         """Ask a run in progress to end at its next transaction; wait up to `grace`."""

@@ -9,17 +9,19 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from monitor.config import Settings
 from monitor.config_sections import RetentionSettings
 from monitor.metrics import ServiceMetrics
 from monitor.model import WatchedApp
 from monitor.retention_job import RetentionJob
+from monitor.store import partitions
 from monitor.store.engine import Database, open_database
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
 from monitor.store.tables import charts, daily_ranks, job_runs, snapshots
+from tests.conftest import migrated
 from tests.store.conftest import CHATGPT, DEEPSEEK, US_FREE, Poller
 from tests.support.fake_apple import FakeAppleCharts
 from tests.support.http_server import ScriptedServer
@@ -138,20 +140,65 @@ def test_of_three_replicas_one_runs_the_days_retention(
     assert old_snapshots == 1
 
 
-@pytest.mark.anyio
-async def test_before_the_configured_hour_nothing_runs(sqlite_database: Database) -> None:
-    repository = Repository(sqlite_database)
-    two_am = dt.datetime(2026, 12, 5, 2, 30, tzinfo=dt.UTC)
+def daily_job(repository: Repository, settings: Settings, now: dt.datetime) -> RetentionJob:
     metrics = ServiceMetrics(
         poll_interval=dt.timedelta(hours=1),
-        read_state=lambda now: repository.service_state(now=now),
+        read_state=lambda at: repository.service_state(now=at),
         app_labels={},
-        clock=lambda: two_am,
+        clock=lambda: now,
     )
+    return RetentionJob(repository, settings, "test", lambda: now, metrics)
+
+
+@pytest.mark.anyio
+async def test_before_the_configured_hour_nothing_runs(sqlite_database: Database) -> None:
+    two_am = dt.datetime(2026, 12, 5, 2, 30, tzinfo=dt.UTC)
     settings = Settings(retention=RetentionSettings(hour=3))
-    job = RetentionJob(repository, settings, "test", lambda: two_am, metrics)
+    job = daily_job(Repository(sqlite_database), settings, two_am)
 
     await job.run_if_due()
+
+    with sqlite_database.engine.connect() as connection:
+        assert connection.scalar(select(func.count()).select_from(job_runs)) == 0
+
+
+OFF = Settings(retention=RetentionSettings(enabled=False, hour=3))
+# Beyond the months the migration made: a service left running with retention off.
+MONTHS_LATER = dt.datetime.now(dt.UTC).replace(hour=4) + dt.timedelta(days=200)
+
+
+@pytest.mark.anyio
+@pytest.mark.postgres
+async def test_with_retention_off_postgresql_still_gets_its_coming_months(
+    postgres_url: str,
+) -> None:
+    with migrated(postgres_url) as database:
+        repository = Repository(database)
+        repository.sync_charts([US_FREE], now=OLD)
+        Poller(repository, database).store(US_FREE, OLD, [DEEPSEEK, CHATGPT])
+
+        await daily_job(repository, OFF, MONTHS_LATER).run_if_due()
+
+        with database.engine.connect() as connection:
+            tables = set(connection.scalars(text("SELECT tablename FROM pg_tables")))
+            outcomes = list(connection.scalars(select(job_runs.c.outcome)))
+            kept = connection.scalar(select(func.count()).select_from(snapshots))
+            folded = connection.scalar(select(func.count(charts.c.folded_before)))
+    coming = {
+        partitions.MonthPartition(table, month).name
+        for table in partitions.PARTITIONED
+        for month in partitions.months(MONTHS_LATER, partitions.last_month_ahead(MONTHS_LATER))
+    }
+    assert coming <= tables
+    (outcome,) = outcomes
+    assert outcome.startswith("off; made partitions: ")
+    assert set(outcome.removeprefix("off; made partitions: ").split(", ")) == coming
+    assert (kept, folded) == (1, 0)  # nothing folded nor removed
+
+
+@pytest.mark.anyio
+async def test_with_retention_off_sqlite_runs_nothing(sqlite_database: Database) -> None:
+    await daily_job(Repository(sqlite_database), OFF, MONTHS_LATER).run_if_due()
 
     with sqlite_database.engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(job_runs)) == 0

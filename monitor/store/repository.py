@@ -37,6 +37,7 @@ from monitor.store import (
     fetch_queries,
     jobs,
     outbox,
+    partitions,
     queries,
     retention,
     schedule,
@@ -288,6 +289,19 @@ class Repository:
         return retention.run_retention(
             self._engine, self._dialect, policy, now=now, progress=progress, stopping=stopping
         )
+
+    @property
+    def partitioned(self) -> bool:
+        """Whether the tables that grow with every poll are partitioned by month (PostgreSQL),
+        so that their coming months must be made ahead of need (make_partitions)."""
+        return self._dialect == "postgresql"
+
+    def make_partitions(self, now: dt.datetime) -> list[str]:
+        """Make the partitions of this month and the next ones that are missing, as retention
+        does (store/partitions.py); returns their names."""
+        if not self.partitioned:
+            return []
+        return partitions.make_months_ahead(self._engine, now)
 
     def folded_before(self, chart: ChartKey) -> dt.datetime | None:
         """Where retention folded `chart` up to: no snapshot before it is read any more."""
