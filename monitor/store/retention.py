@@ -132,17 +132,18 @@ def run_retention(
     run = _Run(engine, dialect, report, stopping, stands_for=2 * policy.poll_interval)
     if run.postgresql:
         report.partitions_made = partitions.make_months_ahead(engine, now)
-    chart_rows = reading(engine, lambda c: c.execute(_CHART_HORIZONS).all())
-    for done, (chart_id, folded_before) in enumerate(chart_rows, start=1):
+    chart_rows = reading(engine, lambda c: c.execute(_CHARTS_TO_FOLD).all())
+    for done, row in enumerate(chart_rows, start=1):
         if stopping():
             report.interrupted = True
             return report
         try:
-            run.fold_chart(chart_id, folded_before)
+            run.fold_chart(row.id, row.folded_before)
         except (StoreError, ValueError) as exc:
             # The chart lags: no month it may need is dropped (drop_folded_months).
-            log.warning("retention: chart %d not folded: %s", chart_id, exc)
-            report.failed_charts.append(str(chart_id))
+            slug = "/".join(row._mapping[column] for column in _CHART_KEY)
+            log.warning("retention: chart %s not folded: %s", slug, exc)
+            report.failed_charts.append(slug)
         if progress is not None:
             progress(done, len(chart_rows))
     if stopping():
@@ -150,13 +151,17 @@ def run_retention(
         return report
     if run.postgresql:
         run.drop_folded_months()
-    run.prune_fetch_log([chart_id for chart_id, _ in chart_rows])
+    run.prune_fetch_log([row.id for row in chart_rows])
     if not run.postgresql:
         report.bytes_reclaimed = give_back_free_pages(engine)
     return report
 
 
 _CHART_HORIZONS = select(charts.c.id, charts.c.folded_before).order_by(charts.c.id)
+# As the store wrote them, not parsed: a chart of a store this version no longer knows is
+# folded all the same.
+_CHART_KEY = ("store", "country", "collection", "device", "genre")
+_CHARTS_TO_FOLD = _CHART_HORIZONS.add_columns(*(charts.c[column] for column in _CHART_KEY))
 _SNAPSHOT_COLUMNS = (
     snapshots.c.fetched_at,
     snapshots.c.confirmed_at,

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select, text, update
 
 from monitor.model import RankPoint, RankStatus, Resolution, Store, WatchedApp
 from monitor.store import partitions
@@ -18,7 +18,7 @@ from monitor.store.engine import SQLITE_INCREMENTAL_VACUUM, Database, open_datab
 from monitor.store.migrate import upgrade
 from monitor.store.repository import Repository
 from monitor.store.retention import RetentionPolicy
-from monitor.store.tables import app_ranks, daily_ranks, fetch_log, snapshots
+from monitor.store.tables import app_ranks, charts, daily_ranks, fetch_log, snapshots
 from tests.conftest import migrated
 
 from .conftest import CHATGPT, DEEPSEEK, JP_FREE, US_FREE, Poller
@@ -165,6 +165,31 @@ def test_a_chart_that_listed_the_app_only_in_folded_days_stays_in_its_recent_his
     assert story.history(deepseek, since=recent) == before
     japan = [p for p in before if p.chart == JP_FREE]
     assert [(p.status, p.resolution) for p in japan] == [(RankStatus.BELOW_DEPTH, Resolution.POLL)]
+
+
+def test_a_chart_that_cannot_be_folded_is_named_keeps_its_rows_and_holds_up_no_other(
+    database: Database, story: Repository, poller: Poller
+) -> None:
+    poller.store(JP_FREE, START, [DEEPSEEK, CHATGPT])
+    poller.store(JP_FREE, START + dt.timedelta(days=1), [CHATGPT, DEEPSEEK])
+    with database.engine.begin() as connection:
+        japan = connection.scalar(select(charts.c.id).where(charts.c.country == "jp"))
+        connection.execute(
+            update(snapshots)
+            .where(snapshots.c.chart_id == japan, snapshots.c.fetched_at == START)
+            .values(ranked_app_ids=b"\x01\x02\x03")  # not a packed ranking
+        )
+
+    report = story.run_retention(POLICY, now=NOW)
+
+    assert report.failed_charts == [JP_FREE.slug]
+    assert report.days_folded == 16  # the US chart's, as if Japan's were not there
+    with database.engine.connect() as connection:
+        kept = connection.scalar(
+            select(func.count()).select_from(snapshots).where(snapshots.c.chart_id == japan)
+        )
+    assert kept == 2
+    assert story.folded_before(JP_FREE) is None
 
 
 def test_folded_snapshots_are_removed_but_those_the_service_reads(
